@@ -1,0 +1,177 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, gpuops.cluster contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+"""PromQL templates, safe rendering, and a minimal Prometheus HTTP API client.
+
+Templates use ``{{ name }}`` placeholders. Rendering is a plain substitution,
+not Jinja: unknown placeholders are an error, and values substituted into label
+matchers are checked so a variable cannot break out of its quotes.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import math
+import re
+
+try:  # Python 3
+    from urllib.parse import urlencode
+except ImportError:  # pragma: no cover
+    from urllib import urlencode  # type: ignore
+
+PLACEHOLDER = re.compile(r"{{\s*([A-Za-z_][A-Za-z0-9_]*)\s*}}")
+# a value is inserted inside "..." of a label matcher or as a range: no quotes,
+# backslashes, braces or newlines.
+SAFE_VALUE = re.compile(r'^[^"\\{}\n\r]*$')
+DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
+
+# Istio's standard metrics exactly as Flagger's istio observer queries them
+# (fluxcd/flagger pkg/metrics/observers/istio.go).
+ISTIO_SUCCESS_RATE = (
+    'sum(rate(istio_requests_total{reporter="destination",'
+    'destination_workload_namespace="{{ namespace }}",destination_workload=~"{{ target }}",'
+    'response_code!~"5.*"}[{{ interval }}])) / sum(rate(istio_requests_total{reporter="destination",'
+    'destination_workload_namespace="{{ namespace }}",destination_workload=~"{{ target }}"}'
+    '[{{ interval }}])) * 100'
+)
+ISTIO_DURATION = (
+    'histogram_quantile(0.99, sum(rate(istio_request_duration_milliseconds_bucket{reporter="destination",'
+    'destination_workload_namespace="{{ namespace }}",destination_workload=~"{{ target }}"}'
+    '[{{ interval }}])) by (le))'
+)
+ISTIO_VOLUME = (
+    'sum(increase(istio_requests_total{reporter="destination",'
+    'destination_workload_namespace="{{ namespace }}",destination_workload=~"{{ target }}"}[{{ interval }}]))'
+)
+
+# Per-version metrics emitted by the collection's TorchServe handler (TorchServe itself has
+# no per-version error counter). Series and labels: see docs/gates.md.
+TS_REQUESTS = 'gpuops_requests_total{model_name="{{ model }}",model_version="{{ version }}"}'
+TS_ERRORS = 'gpuops_errors_total{model_name="{{ model }}",model_version="{{ version }}"}'
+TS_LATENCY_BUCKET = 'gpuops_latency_ms_bucket{model_name="{{ model }}",model_version="{{ version }}"}'
+
+TORCHSERVE_SUCCESS_RATE = (
+    '(1 - (sum(increase(' + TS_ERRORS + '[{{ interval }}])) or vector(0)) / sum(increase(' + TS_REQUESTS
+    + '[{{ interval }}]))) * 100'
+)
+TORCHSERVE_ERROR_RATE = (
+    '(sum(increase(' + TS_ERRORS + '[{{ interval }}])) or vector(0)) / sum(increase(' + TS_REQUESTS
+    + '[{{ interval }}])) * 100'
+)
+TORCHSERVE_LATENCY_P99 = (
+    'histogram_quantile(0.99, sum(rate(' + TS_LATENCY_BUCKET + '[{{ interval }}])) by (le))'
+)
+TORCHSERVE_VOLUME = 'sum(increase(' + TS_REQUESTS + '[{{ interval }}]))'
+
+# name -> (query, request-volume query used for min_request_volume)
+BUILTIN_TEMPLATES = {
+    "request-success-rate": (ISTIO_SUCCESS_RATE, ISTIO_VOLUME),
+    "request-duration": (ISTIO_DURATION, ISTIO_VOLUME),
+    "torchserve-success-rate": (TORCHSERVE_SUCCESS_RATE, TORCHSERVE_VOLUME),
+    "torchserve-error-rate": (TORCHSERVE_ERROR_RATE, TORCHSERVE_VOLUME),
+    "torchserve-latency-p99": (TORCHSERVE_LATENCY_P99, TORCHSERVE_VOLUME),
+}
+
+
+class TemplateError(ValueError):
+    """A template names a variable nobody gave, or a value is unsafe."""
+
+
+class PrometheusError(RuntimeError):
+    """Prometheus could not be reached or answered with an error."""
+
+
+def placeholders(template):
+    return sorted(set(PLACEHOLDER.findall(template)))
+
+
+def render(template, variables):
+    """Substitute ``{{ name }}`` placeholders; unknown names and unsafe values raise."""
+    missing = [n for n in placeholders(template) if n not in variables or variables[n] is None]
+    if missing:
+        raise TemplateError("query template needs variable(s) %s; give them in the check's "
+                            "'variables' or the module's 'variables'" % ", ".join(missing))
+
+    def _sub(match):
+        name = match.group(1)
+        value = str(variables[name])
+        if name == "interval":
+            if not DURATION.match(value):
+                raise TemplateError("interval %r is not a Prometheus duration such as 30s or 1m" % value)
+        elif not SAFE_VALUE.match(value):
+            raise TemplateError("variable %s=%r contains a quote, backslash, brace or newline" % (name, value))
+        return value
+
+    return PLACEHOLDER.sub(_sub, template)
+
+
+def parse_value(result):
+    """Single float from a /api/v1/query ``data`` object, or None when there are no values.
+
+    NaN (e.g. 0/0 when no requests were made) counts as no values, as in Flagger.
+    More than one series is an error: a gate must reduce to one number.
+    """
+    rtype = result.get("resultType")
+    res = result.get("result")
+    if rtype == "scalar":
+        value = float(res[1])
+    elif rtype == "vector":
+        if not res:
+            return None
+        if len(res) > 1:
+            raise PrometheusError("query returned %d series; aggregate it (e.g. sum(...)) to one value" % len(res))
+        value = float(res[0]["value"][1])
+    else:
+        raise PrometheusError("unsupported result type %r; use an instant vector or scalar query" % rtype)
+    if math.isnan(value):
+        return None
+    return value
+
+
+class PrometheusClient:
+    """GET /api/v1/query with an injectable opener (for tests) and bounded timeout."""
+
+    def __init__(self, url, timeout=10, headers=None, validate_certs=True, ca_path=None, opener=None):
+        if not url:
+            raise PrometheusError("prometheus url is empty")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.headers = dict(headers or {})
+        self.validate_certs = validate_certs
+        self.ca_path = ca_path
+        self._opener = opener or self._urllib_open
+
+    def _urllib_open(self, url, headers, timeout):
+        import ssl
+        from urllib.request import Request, urlopen
+        from urllib.error import HTTPError
+        ctx = None
+        if url.startswith("https"):
+            ctx = ssl.create_default_context(cafile=self.ca_path)
+            if not self.validate_certs:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+        req = Request(url, headers=headers)
+        try:
+            resp = urlopen(req, timeout=timeout, context=ctx)
+            return resp.getcode(), resp.read()
+        except HTTPError as exc:
+            return exc.code, exc.read()
+
+    def query(self, promql):
+        """Evaluate an instant query; returns float or None (no values)."""
+        url = "%s/api/v1/query?%s" % (self.url, urlencode({"query": promql}))
+        try:
+            status, body = self._opener(url, self.headers, self.timeout)
+        except Exception as exc:  # network errors of any kind: never a pass
+            raise PrometheusError("prometheus at %s unreachable: %s" % (self.url, exc))
+        try:
+            doc = json.loads(body.decode("utf-8") if isinstance(body, bytes) else body)
+        except ValueError:
+            raise PrometheusError("prometheus answered HTTP %s with a non-JSON body" % status)
+        if status != 200 or doc.get("status") != "success":
+            raise PrometheusError("query failed (HTTP %s): %s: %s" % (
+                status, doc.get("errorType", "error"), doc.get("error", body)))
+        return parse_value(doc["data"])
