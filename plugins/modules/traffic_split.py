@@ -1,0 +1,181 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, gpuops.cluster contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: traffic_split
+short_description: Set the weights between subsets of an Istio VirtualService http route
+version_added: "0.1.0"
+description:
+  - Sets the traffic weights of one http route of an Istio C(VirtualService) between subsets of
+    its C(DestinationRule), for example C(stable=90, canary=10).
+  - Validates the request before writing, weights are integers from 0 to 100 adding up to 100 and
+    every subset must be defined by a C(DestinationRule) for the route's host.
+  - Writes with the C(resourceVersion) it read (optimistic concurrency); on an HTTP 409 conflict it
+    re-reads the object and retries, at most O(max_retries) times.
+  - Refuses a C(VirtualService) owned or annotated by Flagger or Argo Rollouts, which would revert
+    the change, unless O(force=true).
+  - Destinations of the route that are not in O(weights) keep their entry with weight 0; subsets in
+    O(weights) that the route does not list yet are appended with the route's host.
+author:
+  - gpuops.cluster contributors
+extends_documentation_fragment:
+  - gpuops.cluster.k8s_auth
+attributes:
+  check_mode:
+    support: full
+    details: Check mode sends the replace as a server-side dry run (C(dryRun=All)), so admission and RBAC are checked.
+  diff_mode:
+    support: full
+options:
+  name:
+    description: Name of the C(VirtualService).
+    type: str
+    required: true
+  namespace:
+    description: Namespace of the C(VirtualService) and its C(DestinationRule)s.
+    type: str
+    required: true
+  route:
+    description:
+      - The http route to change, by its C(name) or by its index in C(spec.http) (as a string of digits).
+      - May be omitted when the C(VirtualService) has a single http route.
+    type: str
+  weights:
+    description:
+      - Mapping of subset name to integer weight (0-100); the weights must add up to 100.
+    type: dict
+    required: true
+  force:
+    description:
+      - Change a C(VirtualService) even though Flagger or Argo Rollouts manages it.
+    type: bool
+    default: false
+  max_retries:
+    description: How many times to re-read and retry after a write conflict (HTTP 409).
+    type: int
+    default: 5
+  api_version:
+    description: Version of the C(networking.istio.io) API to use.
+    type: str
+    default: v1
+    choices: [v1, v1beta1, v1alpha3]
+"""
+
+EXAMPLES = r"""
+- name: Send 10% of the traffic to the canary model version
+  gpuops.cluster.traffic_split:
+    namespace: serving
+    name: resnet
+    route: primary
+    weights:
+      stable: 90
+      canary: 10
+
+- name: Everything back to stable, with a token of a restricted ServiceAccount
+  gpuops.cluster.traffic_split:
+    host: https://10.0.0.10:6443
+    api_key: "{{ canary_sa_token }}"
+    ca_cert: /etc/kubernetes/pki/ca.crt
+    namespace: serving
+    name: resnet
+    weights: {stable: 100, canary: 0}
+"""
+
+RETURN = r"""
+previous_weights:
+  description: Weights of the route before the change, by subset.
+  returned: success
+  type: dict
+  sample: {stable: 100, canary: 0}
+weights:
+  description: Weights of the route after the change (or that the change would set in check mode).
+  returned: success
+  type: dict
+  sample: {stable: 90, canary: 10}
+route:
+  description: Name (or C(#index) when unnamed) of the http route that was changed.
+  returned: success
+  type: str
+  sample: primary
+host:
+  description: Destination host of the route.
+  returned: success
+  type: str
+  sample: resnet.serving.svc.cluster.local
+conflicts:
+  description: Number of HTTP 409 write conflicts that were retried.
+  returned: success
+  type: int
+  sample: 0
+resource_version:
+  description: C(resourceVersion) of the written object (unchanged when nothing was written).
+  returned: success
+  type: str
+  sample: "48213"
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_client import (
+    ApiException, K8sClientError, api_error_message, get_api_client, k8s_auth_argument_spec,
+    require_kubernetes)
+from ansible_collections.gpuops.cluster.plugins.module_utils.traffic import (
+    IstioRoutes, TrafficError, set_traffic)
+
+
+def main():
+    argument_spec = k8s_auth_argument_spec()
+    argument_spec.update(
+        name=dict(type="str", required=True),
+        namespace=dict(type="str", required=True),
+        route=dict(type="str"),
+        weights=dict(type="dict", required=True),
+        force=dict(type="bool", default=False),
+        max_retries=dict(type="int", default=5),
+        api_version=dict(type="str", default="v1", choices=["v1", "v1beta1", "v1alpha3"]),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    require_kubernetes(module)
+    p = module.params
+    if p["max_retries"] < 0:
+        module.fail_json(msg="max_retries must be 0 or more, got %d" % p["max_retries"])
+    try:
+        routes = IstioRoutes(get_api_client(p), api_version=p["api_version"])
+        res = set_traffic(routes, p["namespace"], p["name"], p["weights"], route=p["route"],
+                          force=p["force"], dry_run=module.check_mode, max_retries=p["max_retries"])
+    except (TrafficError, K8sClientError) as exc:
+        module.fail_json(msg=str(exc))
+    except ApiException as exc:
+        module.fail_json(msg="Kubernetes API error on VirtualService %s/%s: %s"
+                         % (p["namespace"], p["name"], api_error_message(exc)),
+                         status=exc.status)
+    except Exception as exc:  # pylint: disable=broad-except
+        module.fail_json(msg="unexpected error: %s" % exc, exception=traceback.format_exc())
+
+    obj = res.get("object") or {}
+    result = dict(
+        changed=res["changed"],
+        previous_weights=res["before"],
+        weights=res["after"],
+        route=res["route_name"] or "#%d" % res["route_index"],
+        host=res["host"],
+        conflicts=res["conflicts"],
+        resource_version=(obj.get("metadata") or {}).get("resourceVersion"),
+    )
+    if module._diff:
+        result["diff"] = dict(before={"weights": res["before"]}, after={"weights": res["after"]},
+                              before_header="%s/%s route %s" % (p["namespace"], p["name"], result["route"]),
+                              after_header="%s/%s route %s" % (p["namespace"], p["name"], result["route"]))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Unit tests of the pure traffic_split core (plugins/module_utils/traffic.py)."""
+
+import pytest
+
+from ansible_collections.gpuops.cluster.plugins.module_utils import traffic as t
+
+
+def vs(routes, **meta):
+    m = {"name": "resnet", "namespace": "serving", "resourceVersion": "7"}
+    m.update(meta)
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": m,
+            "spec": {"hosts": ["resnet"], "http": routes}}
+
+
+def route(name, **weights):
+    r = {"route": [{"destination": {"host": "resnet", "subset": s}, "weight": w} for s, w in weights.items()]}
+    if name:
+        r["name"] = name
+    return r
+
+
+DR = [{"spec": {"host": "resnet.serving.svc.cluster.local",
+                "subsets": [{"name": "stable", "labels": {"version": "v1"}},
+                            {"name": "canary", "labels": {"version": "v2"}}]}},
+      {"spec": {"host": "other", "subsets": [{"name": "blue"}]}}]
+
+
+@pytest.mark.parametrize("weights,msg", [
+    ({"stable": 90, "canary": 20}, "add up to 100, they add up to 110"),
+    ({"stable": 101, "canary": -1}, "between 0 and 100"),
+    ({"stable": 50.5, "canary": 49.5}, "must be an integer"),
+    ({"stable": True, "canary": 99}, "must be an integer"),
+    ({}, "non-empty"),
+])
+def test_validate_weights_rejects(weights, msg):
+    errors = t.validate_weights(weights)
+    assert errors and msg in "; ".join(errors)
+
+
+def test_validate_weights_accepts_digit_strings():
+    assert t.validate_weights({"stable": "90", "canary": 10}) == []
+
+
+def test_find_route_by_name_index_and_single():
+    v = vs([route("a", stable=100), route("b", stable=100)])
+    assert t.find_route(v, "b") == 1
+    assert t.find_route(v, "0") == 0
+    assert t.find_route(v, 1) == 1
+    with pytest.raises(t.TrafficError, match="2 http routes"):
+        t.find_route(v, None)
+    with pytest.raises(t.TrafficError, match="no http route named 'c'"):
+        t.find_route(v, "c")
+    with pytest.raises(t.TrafficError, match="out of range"):
+        t.find_route(v, "5")
+    assert t.find_route(vs([route(None, stable=100)]), None) == 0
+
+
+def test_route_weights_lone_destination_defaults_to_100():
+    r = {"route": [{"destination": {"host": "resnet", "subset": "stable"}}]}
+    assert t.route_weights(r) == {"stable": 100}
+
+
+def test_route_weights_requires_subsets():
+    with pytest.raises(t.TrafficError, match="without subset"):
+        t.route_weights({"route": [{"destination": {"host": "resnet"}}]})
+
+
+@pytest.mark.parametrize("dr_host,host,ok", [
+    ("resnet", "resnet", True),
+    ("resnet.serving.svc.cluster.local", "resnet", True),
+    ("resnet.serving", "resnet.serving.svc.cluster.local", True),
+    ("resnet.other.svc.cluster.local", "resnet", False),
+    ("other", "resnet", False),
+])
+def test_host_matches(dr_host, host, ok):
+    assert t.host_matches(dr_host, host, "serving") is ok
+
+
+def test_plan_changes_weights_and_keeps_everything_else():
+    v = vs([route("primary", stable=100, canary=0)])
+    v["spec"]["http"][0]["timeout"] = "5s"
+    res = t.plan(v, "primary", {"stable": 90, "canary": 10}, DR)
+    assert res["before"] == {"stable": 100, "canary": 0}
+    assert res["after"] == {"stable": 90, "canary": 10}
+    assert res["changed"] is True
+    new = res["new_vs"]
+    assert new["spec"]["http"][0]["timeout"] == "5s"
+    assert new["metadata"]["resourceVersion"] == "7"  # optimistic concurrency: written with what we read
+    assert [d["weight"] for d in new["spec"]["http"][0]["route"]] == [90, 10]
+    assert v["spec"]["http"][0]["route"][0]["weight"] == 100  # input not mutated
+
+
+def test_plan_is_idempotent():
+    v = vs([route("primary", stable=90, canary=10)])
+    res = t.plan(v, "primary", {"stable": 90, "canary": 10}, DR)
+    assert res["changed"] is False and res["new_vs"] == v
+
+
+def test_plan_adds_missing_subset_and_zeroes_unmentioned():
+    v = vs([route("primary", stable=100)])
+    res = t.plan(v, None, {"canary": 100}, DR)
+    assert res["after"] == {"stable": 0, "canary": 100}
+    dests = res["new_vs"]["spec"]["http"][0]["route"]
+    assert dests[1] == {"destination": {"host": "resnet", "subset": "canary"}, "weight": 100}
+
+
+def test_plan_rejects_unknown_subset():
+    v = vs([route("primary", stable=100)])
+    with pytest.raises(t.TrafficError, match="subset\\(s\\) blue not defined .*\\(defined: canary, stable\\)"):
+        t.plan(v, None, {"stable": 50, "blue": 50}, DR)
+
+
+@pytest.mark.parametrize("meta,why", [
+    ({"ownerReferences": [{"apiVersion": "flagger.app/v1beta1", "kind": "Canary", "name": "resnet"}]},
+     "owned by Canary resnet"),
+    ({"ownerReferences": [{"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "r"}]},
+     "owned by Rollout r"),
+    ({"annotations": {"argo-rollouts.argoproj.io/managed-by-rollouts": "r"}}, "managed-by-rollouts"),
+    ({"labels": {"app.kubernetes.io/managed-by": "flagger"}}, "managed-by=flagger"),
+])
+def test_foreign_owner_refused_unless_forced(meta, why):
+    v = vs([route("primary", stable=100, canary=0)], **meta)
+    assert why in t.foreign_owner(v)
+    with pytest.raises(t.TrafficError, match="managed by another controller"):
+        t.plan(v, None, {"stable": 90, "canary": 10}, DR)
+    assert t.plan(v, None, {"stable": 90, "canary": 10}, DR, force=True)["changed"]
+
+
+def test_foreign_owner_ignores_unrelated_owners():
+    v = vs([route("primary", stable=100)], ownerReferences=[
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"}], labels={"app": "flagger-demo"})
+    assert t.foreign_owner(v) is None
