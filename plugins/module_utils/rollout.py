@@ -1,0 +1,437 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, gpuops.cluster contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+"""Pure core of gpuops.cluster.canary_rollout: Flagger's canary state machine.
+
+Nothing here talks to a network: the caller injects
+
+- ``now()`` (seconds, wall clock) and ``sleep(seconds)``;
+- ``read_route() -> ({"stable": w, "canary": w}, state-or-None)`` and
+  ``write_route(stable_weight, canary_weight, state, dry_run=False)`` (the VirtualService);
+- ``gate(variables) -> {"decision": "pass"|"fail"|"hold", "checks": [...]}`` (gate.run_gate);
+- ``webhook(hook, payload) -> (ok, message)``;
+- optional ``scale(replicas)`` for the canary workload, ``promote(state) -> previous`` which makes
+  the stable workload run the canary's version and returns what it replaced, and
+  ``restore(previous)`` which puts the previous stable version back;
+- optional ``emit(entry)`` called with every progress entry as it happens.
+
+Semantics (fluxcd/flagger pkg/controller/scheduler.go), one iteration per ``interval``:
+
+1. a ``rollback`` webhook answering 2xx rolls back (manual abort);
+2. failed checks >= ``threshold`` or no progress for ``progress_deadline`` seconds -> rollback;
+3. first iteration at weight 0: ``pre-rollout`` webhooks (a failure counts as a failed check);
+   later iterations: ``rollout`` webhooks then the gate (metrics); fail -> failed check, hold -> wait;
+4. success: canary weight moves one step (``step_weight`` or the next of ``step_weights``), capped
+   at ``max_weight``; at ``max_weight`` a passing iteration runs ``confirm-promotion`` webhooks
+   (a failure holds) and promotes: canary 100%, stable rewritten to the canary's version,
+   stable 100%, canary scaled to 0, ``post-rollout`` webhooks.
+Rollback: stable 100%, canary scaled to 0, ``post-rollout`` webhooks.
+
+Differences from Flagger, on purpose: the failed check that reaches ``threshold`` rolls back in the
+same iteration (Flagger waits for the next tick), and a step never overshoots ``max_weight``.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import time
+
+STATE_ANNOTATION = "gpuops.io/canary-state"
+STATE_SCHEMA = 1
+TERMINAL_PHASES = ("promoted", "rolled_back")
+WEBHOOK_TYPES = ("pre-rollout", "rollout", "confirm-promotion", "post-rollout", "rollback")
+NO_DATA_CHOICES = ("fail", "hold", "pass")
+ERROR_CHOICES = ("fail", "hold")
+
+
+class RolloutConfigError(ValueError):
+    """The rollout options are inconsistent: the message says what to fix."""
+
+
+class RolloutAborted(RuntimeError):
+    """The rollout could not continue (API failure...); ``result`` holds the progress so far."""
+
+    def __init__(self, message, result):
+        RuntimeError.__init__(self, message)
+        self.result = result
+
+
+def validate_config(cfg):
+    """Check and complete a config dict; returns a new dict with defaults applied."""
+    c = dict(cfg)
+    c.setdefault("step_weight", None)
+    c.setdefault("step_weights", None)
+    c.setdefault("max_weight", None)
+    c.setdefault("threshold", 5)
+    c.setdefault("interval", 60)
+    c.setdefault("progress_deadline", 600)
+    c.setdefault("on_no_data", "fail")
+    c.setdefault("on_error", "fail")
+    c.setdefault("webhooks", [])
+    c.setdefault("variables", {})
+    if not c.get("revision"):
+        raise RolloutConfigError("revision is required: it names the canary release (e.g. the new model version) "
+                                 "so that an interrupted rollout can be resumed and a finished one is not re-run")
+    if c["step_weight"] and c["step_weights"]:
+        raise RolloutConfigError("give step_weight or step_weights, not both")
+    if not c["step_weight"] and not c["step_weights"]:
+        c["step_weight"] = 10
+    if c["step_weight"] is not None and not 1 <= int(c["step_weight"]) <= 100:
+        raise RolloutConfigError("step_weight must be between 1 and 100, got %s" % c["step_weight"])
+    if c["step_weights"]:
+        sw = [int(w) for w in c["step_weights"]]
+        if any(w < 1 or w > 100 for w in sw) or sw != sorted(set(sw)):
+            raise RolloutConfigError("step_weights must be strictly increasing integers between 1 and 100, got %s" % sw)
+        c["step_weights"] = sw
+        if c["max_weight"] is not None and c["max_weight"] != sw[-1]:
+            raise RolloutConfigError("max_weight (%s) conflicts with the last of step_weights (%s): drop max_weight"
+                                     % (c["max_weight"], sw[-1]))
+    if c["max_weight"] is None:
+        c["max_weight"] = c["step_weights"][-1] if c["step_weights"] else 50
+    if not 1 <= int(c["max_weight"]) <= 100:
+        raise RolloutConfigError("max_weight must be between 1 and 100, got %s" % c["max_weight"])
+    if int(c["threshold"]) < 1:
+        raise RolloutConfigError("threshold must be 1 or more, got %s" % c["threshold"])
+    if float(c["interval"]) <= 0:
+        raise RolloutConfigError("interval must be more than 0 seconds, got %s" % c["interval"])
+    if float(c["progress_deadline"]) < float(c["interval"]):
+        raise RolloutConfigError("progress_deadline (%ss) must be at least one interval (%ss)"
+                                 % (c["progress_deadline"], c["interval"]))
+    if c["on_no_data"] not in NO_DATA_CHOICES:
+        raise RolloutConfigError("on_no_data must be one of %s" % ", ".join(NO_DATA_CHOICES))
+    if c["on_error"] not in ERROR_CHOICES:
+        raise RolloutConfigError("on_error must be one of %s" % ", ".join(ERROR_CHOICES))
+    names = set()
+    for hook in c["webhooks"]:
+        if not hook.get("name") or not hook.get("url"):
+            raise RolloutConfigError("every webhook needs a name and a url, got %r" % (hook,))
+        if hook.get("type", "rollout") not in WEBHOOK_TYPES:
+            raise RolloutConfigError("webhook %s: type must be one of %s" % (hook["name"], ", ".join(WEBHOOK_TYPES)))
+        if hook["name"] in names:
+            raise RolloutConfigError("webhook name %s is used twice" % hook["name"])
+        names.add(hook["name"])
+    return c
+
+
+def max_weight(cfg):
+    if cfg.get("step_weights"):
+        return min(100, cfg["step_weights"][-1])
+    return int(cfg["max_weight"])
+
+
+def next_weight(cfg, current):
+    """Canary weight after one successful step from ``current`` (Flagger's nextStepWeight,
+    capped at max_weight)."""
+    top = max_weight(cfg)
+    if current >= top:
+        return top
+    if cfg.get("step_weights"):
+        for w in cfg["step_weights"]:
+            if w > current:
+                return min(w, top)
+        return top
+    return min(current + int(cfg["step_weight"]), top)
+
+
+def format_duration(seconds):
+    """Seconds as a Prometheus duration (rounded up to whole seconds)."""
+    s = int(seconds)
+    if s < seconds:
+        s += 1
+    return "%ds" % max(1, s)
+
+
+class Rollout(object):
+    """One canary release driven to promotion or rollback."""
+
+    def __init__(self, cfg, read_route, write_route, gate, webhook=None, scale=None, promote=None,
+                 restore=None, emit=None, now=time.time, sleep=time.sleep):
+        self.cfg = validate_config(cfg)
+        self.read_route = read_route
+        self.write_route = write_route
+        self.gate = gate
+        self.webhook = webhook
+        self.scale = scale
+        self.promote_fn = promote
+        self.restore_fn = restore
+        self.emit = emit
+        self.now = now
+        self.sleep = sleep
+        self.progress = []
+        self.started = None
+        self.changed = False
+
+    # -- helpers ---------------------------------------------------------
+    def _hooks(self, kind):
+        return [h for h in self.cfg["webhooks"] if h.get("type", "rollout") == kind]
+
+    def _payload(self, phase, hook):
+        return {"name": self.cfg.get("name") or self.cfg["revision"], "namespace": self.cfg.get("namespace"),
+                "phase": phase, "revision": self.cfg["revision"], "metadata": hook.get("metadata") or {}}
+
+    def _call_hooks(self, kind, phase):
+        """(all_ok, [messages]) for the webhooks of one type; no webhook = ok."""
+        msgs, ok_all = [], True
+        for hook in self._hooks(kind):
+            if self.webhook is None:
+                raise RolloutConfigError("webhooks are configured but no webhook caller was given")
+            try:
+                ok, msg = self.webhook(hook, self._payload(phase, hook))
+            except Exception as exc:  # a broken hook is a failed hook, never a pass
+                ok, msg = False, "%s" % exc
+            msgs.append("%s webhook %s: %s" % (kind, hook["name"], "ok" if ok else "failed: %s" % msg))
+            ok_all = ok_all and ok
+        return ok_all, msgs
+
+    def _record(self, state, weight, action, decision=None, checks=None, message="", new_weight=None):
+        t = self.now()
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)),
+            "elapsed": round(t - self.started, 3),
+            "iteration": state["iteration"],
+            "weight": weight,
+            "new_weight": weight if new_weight is None else new_weight,
+            "action": action,
+            "decision": decision,
+            "failed_checks": state["failed_checks"],
+            "checks": [{"name": c.get("name"), "status": c.get("status"), "value": c.get("value"),
+                        "message": c.get("message")} for c in (checks or [])],
+            "message": message,
+        }
+        self.progress.append(entry)
+        if self.emit is not None:
+            self.emit(entry)
+        return entry
+
+    def _save(self, state, stable_w, canary_w, dry_run=False):
+        state["updated"] = self.now()
+        state["canary_weight"] = canary_w
+        self.write_route(stable_w, canary_w, state, dry_run=dry_run)
+        if not dry_run:
+            self.changed = True
+
+    def _result(self, state, status, reason, weights):
+        return {"status": status, "reason": reason, "revision": self.cfg["revision"],
+                "failed_checks": state.get("failed_checks", 0), "iterations": state.get("iteration", 0),
+                "weights": weights, "progress": self.progress, "state": state, "changed": self.changed,
+                "duration": round(self.now() - (self.started or self.now()), 3)}
+
+    def _variables(self, state):
+        v = {"namespace": self.cfg.get("namespace"), "interval": format_duration(self.cfg["interval"]),
+             "revision": self.cfg["revision"]}
+        v.update(self.cfg.get("variables") or {})
+        return v
+
+    def _new_state(self, observed_canary):
+        t = self.now()
+        return {"schema": STATE_SCHEMA, "revision": self.cfg["revision"], "phase": "progressing",
+                "failed_checks": 0, "iteration": 0, "canary_weight": observed_canary, "started": t,
+                "updated": t, "reason": ""}
+
+    # -- public ----------------------------------------------------------
+    def plan(self):
+        """Check mode: what the first iteration would do, with a dry-run write of the weights."""
+        self.started = self.now()
+        weights, state = self.read_route()
+        if state and state.get("revision") == self.cfg["revision"] and state.get("phase") in TERMINAL_PHASES \
+                and not self.cfg.get("restart"):
+            return self._result(state, state["phase"], "already %s (state annotation); nothing to do"
+                                 % state["phase"], weights)
+        resumed = bool(state and state.get("revision") == self.cfg["revision"])
+        st = dict(state) if resumed else self._new_state(weights["canary"])
+        cur = weights["canary"]
+        if cur == 0 and st["iteration"] == 0:
+            target = next_weight(self.cfg, 0)
+            msg = "would run %d pre-rollout webhook(s) and move the canary to %d%%" % (
+                len(self._hooks("pre-rollout")), target)
+        elif cur >= max_weight(self.cfg):
+            target = cur
+            msg = "would evaluate the gate at %d%% and promote when it passes" % cur
+        else:
+            target = next_weight(self.cfg, cur)
+            msg = "would evaluate the gate at %d%% and move the canary to %d%% when it passes" % (cur, target)
+        st["canary_weight"] = target
+        self._save(st, 100 - target, target, dry_run=True)
+        self._record(st, cur, "plan", new_weight=target, message=msg)
+        return self._result(st, "planned", msg, {"stable": 100 - target, "canary": target})
+
+    def run(self):
+        self.started = self.now()
+        cfg = self.cfg
+        weights, state = self.read_route()
+        if state and state.get("revision") == cfg["revision"] and state.get("phase") in TERMINAL_PHASES \
+                and not cfg.get("restart"):
+            return self._result(state, state["phase"], "already %s (state annotation); nothing to do"
+                                % state["phase"], weights)
+        if state and state.get("revision") == cfg["revision"] and state.get("phase") not in TERMINAL_PHASES:
+            state = dict(state)
+            self._record(state, weights["canary"], "resume", message="resuming %s at canary weight %d%% with %d "
+                         "failed check(s) from the state annotation" % (state.get("phase"), weights["canary"],
+                                                                       state.get("failed_checks", 0)))
+            if state.get("phase") == "promoting":
+                return self._promote(state, weights["canary"])
+        else:
+            state = self._new_state(weights["canary"])
+            if weights["canary"] > 0:
+                # a rollout interrupted before it wrote its state, or weights set by hand
+                state["iteration"] = 1
+                self._record(state, weights["canary"], "resume",
+                             message="no state for revision %s; continuing from the observed canary weight %d%%"
+                             % (cfg["revision"], weights["canary"]))
+            if self.scale is not None:
+                self.scale("up")
+        state["phase"] = "progressing"
+        last_progress = self.now()
+        top = max_weight(cfg)
+        try:
+            while True:
+                canary_w = weights["canary"]
+                # 1. manual rollback
+                ok_rb, msgs = self._call_hooks("rollback", "Progressing")
+                if self._hooks("rollback") and ok_rb:
+                    return self._rollback(state, canary_w, "rollback webhook answered 2xx: " + "; ".join(msgs))
+                # 2. threshold and deadline
+                if state["failed_checks"] >= int(cfg["threshold"]):
+                    return self._rollback(state, canary_w, "failed checks threshold reached (%d)"
+                                          % state["failed_checks"])
+                if self.now() - last_progress > float(cfg["progress_deadline"]):
+                    return self._rollback(state, canary_w, "progress deadline exceeded: no step in %ss"
+                                          % cfg["progress_deadline"])
+                # 3. analysis
+                if canary_w == 0 and state["iteration"] == 0:
+                    ok, msgs = self._call_hooks("pre-rollout", "Progressing")
+                    if not ok:
+                        state["failed_checks"] += 1
+                        self._save(state, 100 - canary_w, canary_w)
+                        self._record(state, canary_w, "failed_check", decision="fail", message="; ".join(msgs))
+                        if state["failed_checks"] >= int(cfg["threshold"]):
+                            return self._rollback(state, canary_w, "pre-rollout webhook failed %d time(s)"
+                                                  % state["failed_checks"])
+                        self.sleep(float(cfg["interval"]))
+                        continue
+                    gate_res = {"decision": "pass", "checks": []}
+                else:
+                    ok, msgs = self._call_hooks("rollout", "Progressing")
+                    if not ok:
+                        gate_res = {"decision": "fail", "checks": []}
+                    else:
+                        try:
+                            gate_res = self.gate(self._variables(state))
+                        except Exception as exc:  # an exploding gate is a failed check, never a pass
+                            gate_res = {"decision": "fail", "checks": [
+                                {"name": "gate", "status": "error", "value": None, "message": str(exc)}]}
+                    decision = gate_res.get("decision")
+                    if decision not in ("pass", "fail", "hold"):
+                        decision = "fail"
+                    if decision == "fail":
+                        state["failed_checks"] += 1
+                        self._save(state, 100 - canary_w, canary_w)
+                        self._record(state, canary_w, "failed_check", decision="fail",
+                                     checks=gate_res.get("checks"), message="; ".join(msgs))
+                        if state["failed_checks"] >= int(cfg["threshold"]):
+                            return self._rollback(state, canary_w, "failed checks threshold reached (%d)"
+                                                  % state["failed_checks"])
+                        self.sleep(float(cfg["interval"]))
+                        continue
+                    if decision == "hold":
+                        self._save(state, 100 - canary_w, canary_w)
+                        self._record(state, canary_w, "hold", decision="hold", checks=gate_res.get("checks"),
+                                     message="advancement halted: %s" % _summary(gate_res.get("checks")))
+                        self.sleep(float(cfg["interval"]))
+                        continue
+                state["iteration"] += 1
+                # 4. advance or promote
+                if canary_w < top:
+                    new_w = next_weight(cfg, canary_w)
+                    self._save(state, 100 - new_w, new_w)
+                    self._record(state, canary_w, "advance", decision="pass", checks=gate_res.get("checks"),
+                                 new_weight=new_w, message="; ".join(msgs))
+                    weights = {"stable": 100 - new_w, "canary": new_w}
+                    last_progress = self.now()
+                    self.sleep(float(cfg["interval"]))
+                    continue
+                ok, msgs2 = self._call_hooks("confirm-promotion", "WaitingPromotion")
+                if not ok:
+                    self._save(state, 100 - canary_w, canary_w)
+                    self._record(state, canary_w, "hold", decision="pass", checks=gate_res.get("checks"),
+                                 message="waiting for promotion: " + "; ".join(msgs2))
+                    self.sleep(float(cfg["interval"]))
+                    continue
+                self._record(state, canary_w, "analysis_passed", decision="pass", checks=gate_res.get("checks"),
+                             message="; ".join(msgs + msgs2))
+                return self._promote(state, canary_w)
+        except (RolloutConfigError, RolloutAborted):
+            raise
+        except Exception as exc:
+            state["reason"] = str(exc)
+            raise RolloutAborted("rollout of %s stopped: %s" % (cfg["revision"], exc),
+                                 self._result(state, "failed", str(exc), weights))
+
+    def _promote(self, state, canary_w):
+        state["phase"] = "promoting"
+        self._save(state, 0, 100)
+        self._record(state, canary_w, "promote", new_weight=100, message="canary takes 100% while the stable "
+                     "workload is rewritten to the new version")
+        if self.promote_fn is not None:
+            previous = self.promote_fn(state)
+            if previous is not None and not state.get("previous_stable"):
+                state["previous_stable"] = previous
+        state["phase"] = "promoted"
+        state["reason"] = "analysis passed at %d%%" % max_weight(self.cfg)
+        self._save(state, 100, 0)
+        if self.scale is not None:
+            self.scale("down")
+        _ok, msgs = self._call_hooks("post-rollout", "Succeeded")
+        self._record(state, 100, "promoted", new_weight=0,
+                     message="stable now runs %s and takes 100%%%s" % (
+                         self.cfg["revision"], ("; " + "; ".join(msgs)) if msgs else ""))
+        return self._result(state, "promoted", state["reason"], {"stable": 100, "canary": 0})
+
+    def _rollback(self, state, canary_w, reason):
+        state["phase"] = "rolled_back"
+        state["reason"] = reason
+        self._save(state, 100, 0)
+        if self.scale is not None:
+            self.scale("down")
+        _ok, msgs = self._call_hooks("post-rollout", "Failed")
+        self._record(state, canary_w, "rolled_back", new_weight=0,
+                     message=reason + (("; " + "; ".join(msgs)) if msgs else ""))
+        return self._result(state, "rolled_back", reason, {"stable": 100, "canary": 0})
+
+    def rollback_now(self, dry_run=False):
+        """Instant rollback: stable 100%, canary scaled to 0; after a promotion, the previous stable
+        version recorded in the state annotation is restored first."""
+        self.started = self.now()
+        weights, state = self.read_route()
+        state = dict(state or self._new_state(weights["canary"]))
+        restored = None
+        if state.get("phase") == "promoted" and state.get("previous_stable"):
+            if self.restore_fn is None:
+                raise RolloutConfigError("the last rollout was promoted; restoring the previous stable version "
+                                         "needs the stable workload (stable_deployment)")
+            if not dry_run:
+                restored = self.restore_fn(state["previous_stable"])
+            reason = "rolled back after promotion: previous stable version restored"
+            state["previous_stable"] = None
+        elif state.get("phase") == "rolled_back" and weights == {"stable": 100, "canary": 0}:
+            return self._result(state, "rolled_back", "already rolled back; nothing to do", weights)
+        else:
+            reason = "manual rollback"
+        state["phase"] = "rolled_back"
+        state["reason"] = reason
+        self._save(state, 100, 0, dry_run=dry_run)
+        if self.scale is not None and not dry_run:
+            self.scale("down")
+        self._record(state, weights["canary"], "rolled_back", new_weight=0, message=reason)
+        res = self._result(state, "rolled_back", reason, {"stable": 100, "canary": 0})
+        res["restored"] = restored
+        return res
+
+
+def _summary(checks):
+    parts = []
+    for c in checks or []:
+        parts.append("%s=%s%s" % (c.get("name"), c.get("status"),
+                                  "" if c.get("value") is None else "(%s)" % round(c["value"], 3)))
+    return ", ".join(parts) or "no checks"
