@@ -162,6 +162,22 @@ class PrometheusClient:
 
     def query(self, promql):
         """Evaluate an instant query; returns float or None (no values)."""
+        return parse_value(self.query_data(promql))
+
+    def query_vector(self, promql):
+        """Evaluate an instant query; returns [(labels, float)] for every series (NaN kept out)."""
+        data = self.query_data(promql)
+        if data.get("resultType") != "vector":
+            raise PrometheusError("expected an instant vector, got %r" % data.get("resultType"))
+        out = []
+        for series in data.get("result", []):
+            value = float(series["value"][1])
+            if not math.isnan(value):
+                out.append((series.get("metric", {}), value))
+        return out
+
+    def query_data(self, promql):
+        """The ``data`` object of /api/v1/query; raises PrometheusError on any failure."""
         url = "%s/api/v1/query?%s" % (self.url, urlencode({"query": promql}))
         try:
             status, body = self._opener(url, self.headers, self.timeout)
@@ -174,4 +190,4 @@ class PrometheusClient:
         if status != 200 or doc.get("status") != "success":
             raise PrometheusError("query failed (HTTP %s): %s: %s" % (
                 status, doc.get("errorType", "error"), doc.get("error", body)))
-        return parse_value(doc["data"])
+        return doc["data"]

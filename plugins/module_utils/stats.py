@@ -176,6 +176,39 @@ def mann_whitney_u(samples_a, samples_b):
             "median_a": _median(samples_a), "median_b": _median(samples_b)}
 
 
+def mann_whitney_u_binned(counts_a, counts_b):
+    """Mann-Whitney U over binned data (e.g. Prometheus histogram buckets).
+
+    ``counts_a``/``counts_b``: per-bin counts over the same ordered bins (not
+    cumulative). Every bin is one tie group, so the tie correction applies;
+    this is the exact rank statistic of the binned samples, computed without
+    expanding them.
+    """
+    if len(counts_a) != len(counts_b):
+        raise StatsError("both versions need the same bins")
+    n_a, n_b = float(sum(counts_a)), float(sum(counts_b))
+    if n_a < 1 or n_b < 1:
+        raise StatsError("Mann-Whitney U needs samples from both versions")
+    n = n_a + n_b
+    rank_start, r_a, ties = 0.0, 0.0, 0.0
+    for ca, cb in zip(counts_a, counts_b):
+        t = ca + cb
+        if t:
+            avg = rank_start + (t + 1) / 2.0
+            r_a += ca * avg
+            ties += t ** 3 - t
+            rank_start += t
+    u_a = r_a - n_a * (n_a + 1) / 2.0
+    u_b = n_a * n_b - u_a
+    mu = n_a * n_b / 2.0
+    sigma2 = n_a * n_b / 12.0 * ((n + 1) - ties / (n * (n - 1)))
+    if sigma2 <= 0.0:
+        return {"test": "mann-whitney-u", "statistic": u_a, "p_value": 1.0, "u_a": u_a, "u_b": u_b}
+    z = (max(u_a, u_b) - mu - 0.5) / math.sqrt(sigma2)
+    return {"test": "mann-whitney-u", "statistic": u_a, "z": z, "p_value": min(1.0, 2.0 * (1.0 - normal_cdf(z))),
+            "u_a": u_a, "u_b": u_b}
+
+
 def _median(samples):
     s = sorted(samples)
     mid = len(s) // 2
@@ -186,7 +219,8 @@ def compare_versions(a, b, confidence=0.95, latency_test="welch"):
     """Compare two versions' success ratio and latency; name a winner only when significant.
 
     ``a``/``b``: dicts with ``name``, ``requests``, ``errors`` and optional
-    ``latencies`` (list of samples, ms). Returns ``{"errors": {...},
+    ``latencies`` (list of samples, ms) or ``latency_bins`` (per-bucket counts
+    over the same ordered buckets; always compared with Mann-Whitney U). Returns ``{"errors": {...},
     "latency": {...}|None, "winner": name|None, "significant": bool}``.
     A winner on errors is the version with the lower error ratio; on latency the
     faster one. If the two tests disagree (one version better on errors, the other
@@ -202,7 +236,11 @@ def compare_versions(a, b, confidence=0.95, latency_test="welch"):
     if err["significant"]:
         err["better"] = a["name"] if err["rate_a"] > err["rate_b"] else b["name"]
     lat = None
-    if a.get("latencies") and b.get("latencies"):
+    if a.get("latency_bins") and b.get("latency_bins"):
+        lat = mann_whitney_u_binned(a["latency_bins"], b["latency_bins"])
+        lat["significant"] = lat["p_value"] < alpha
+        lat["better"] = (b["name"] if lat["u_a"] > lat["u_b"] else a["name"]) if lat["significant"] else None
+    elif a.get("latencies") and b.get("latencies"):
         if latency_test == "welch":
             lat = welch_t_test(a["latencies"], b["latencies"])
             a_slower = lat["mean_a"] > lat["mean_b"]

@@ -82,3 +82,22 @@ def test_compare_rejects_bad_confidence():
     with pytest.raises(stats.StatsError):
         stats.compare_versions({"name": "a", "requests": 1, "errors": 0}, {"name": "b", "requests": 1, "errors": 0},
                                confidence=1.0)
+
+
+def test_binned_mann_whitney_equals_expanded_samples():
+    bins = [5, 10, 25, 50, 100]
+    a_counts, b_counts = [3, 10, 40, 7, 1], [1, 4, 30, 25, 6]
+    a = [b for b, c in zip(bins, a_counts) for _ in range(c)]
+    b = [b for b, c in zip(bins, b_counts) for _ in range(c)]
+    binned = stats.mann_whitney_u_binned(a_counts, b_counts)
+    expanded = stats.mann_whitney_u(a, b)
+    assert binned["u_a"] == pytest.approx(expanded["u_a"])
+    assert binned["p_value"] == pytest.approx(expanded["p_value"], rel=1e-12)
+    ref = sp.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic")
+    assert binned["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+def test_compare_with_latency_bins_names_faster_version():
+    res = stats.compare_versions({"name": "old", "requests": 500, "errors": 0, "latency_bins": [400, 90, 10, 0]},
+                                 {"name": "new", "requests": 500, "errors": 0, "latency_bins": [50, 100, 250, 100]})
+    assert res["latency"]["significant"] and res["winner"] == "old"
