@@ -180,3 +180,106 @@ class CustomObjects(object):
     def replace(self, group, version, plural, namespace, name, body, dry_run=False):
         kwargs = {"dry_run": "All"} if dry_run else {}
         return self.api.replace_namespaced_custom_object(group, version, namespace, plural, name, body, **kwargs)
+
+
+class DeploymentOps(object):
+    """What a canary rollout does to Deployments: scale the canary, promote/restore the stable pod template.
+
+    Objects are handled as plain JSON dicts and written with the resourceVersion that was read.
+    """
+
+    def __init__(self, api_client, namespace, stable=None, canary=None, canary_replicas=1,
+                 wait_timeout=300, sleep=None, now=None, max_retries=5):
+        import time as _time
+        self.apps = kubernetes.client.AppsV1Api(api_client)
+        self.namespace = namespace
+        self.stable = stable
+        self.canary = canary
+        self.canary_replicas = canary_replicas
+        self.wait_timeout = wait_timeout
+        self.sleep = sleep or _time.sleep
+        self.now = now or _time.time
+        self.max_retries = max_retries
+
+    def read(self, name):
+        resp = self.apps.read_namespaced_deployment(name, self.namespace, _preload_content=False)
+        return json.loads(resp.data)
+
+    def _replace(self, name, change):
+        """Read, apply ``change(obj) -> bool (changed)``, replace; retry on 409."""
+        for _attempt in range(self.max_retries + 1):
+            obj = self.read(name)
+            if not change(obj):
+                return obj, False
+            try:
+                resp = self.apps.replace_namespaced_deployment(name, self.namespace, obj, _preload_content=False)
+                return json.loads(resp.data), True
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+        raise K8sClientError("Deployment %s/%s kept changing: %d write conflicts in a row"
+                             % (self.namespace, name, self.max_retries + 1))
+
+    def scale_canary(self, direction):
+        want_up = direction == "up"
+
+        def change(obj):
+            cur = obj["spec"].get("replicas", 1)
+            if want_up and cur == 0:
+                obj["spec"]["replicas"] = self.canary_replicas
+                return True
+            if not want_up and cur != 0:
+                obj["spec"]["replicas"] = 0
+                return True
+            return False
+        return self._replace(self.canary, change)[1]
+
+    def promote(self, state):
+        """Copy the canary's pod template into the stable Deployment, keeping the stable's own
+        template labels (the subsets select on them). Returns the stable template it replaced."""
+        canary = self.read(self.canary) if self.canary else None
+        if canary is None:
+            raise K8sClientError("promotion needs canary_deployment to copy the new version from")
+        previous = {}
+
+        def change(obj):
+            old = obj["spec"]["template"]
+            new = copy.deepcopy(canary["spec"]["template"])
+            new.setdefault("metadata", {})["labels"] = dict((old.get("metadata") or {}).get("labels") or {})
+            if new == old:
+                return False
+            previous["deployment"] = self.stable
+            previous["template"] = copy.deepcopy(old)
+            obj["spec"]["template"] = new
+            return True
+        self._replace(self.stable, change)
+        self.wait_available(self.stable)
+        return previous or None
+
+    def restore(self, previous):
+        def change(obj):
+            if obj["spec"]["template"] == previous["template"]:
+                return False
+            obj["spec"]["template"] = copy.deepcopy(previous["template"])
+            return True
+        _obj, changed = self._replace(previous.get("deployment") or self.stable, change)
+        self.wait_available(previous.get("deployment") or self.stable)
+        return {"deployment": previous.get("deployment") or self.stable, "changed": changed}
+
+    def wait_available(self, name):
+        deadline = self.now() + self.wait_timeout
+        while True:
+            obj = self.read(name)
+            spec, status = obj.get("spec") or {}, obj.get("status") or {}
+            want = spec.get("replicas", 1)
+            gen_ok = status.get("observedGeneration", 0) >= (obj["metadata"].get("generation") or 0)
+            if gen_ok and status.get("updatedReplicas", 0) >= want and status.get("availableReplicas", 0) >= want \
+                    and status.get("replicas", 0) <= want:
+                return obj
+            if self.now() > deadline:
+                raise K8sClientError(
+                    "Deployment %s/%s not available after %ss: %s/%s updated, %s available, observedGeneration %s "
+                    "of %s" % (self.namespace, name, self.wait_timeout, status.get("updatedReplicas", 0), want,
+                               status.get("availableReplicas", 0), status.get("observedGeneration"),
+                               obj["metadata"].get("generation")))
+            self.sleep(1)

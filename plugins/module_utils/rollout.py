@@ -35,6 +35,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import json
 import time
 
 STATE_ANNOTATION = "gpuops.io/canary-state"
@@ -427,6 +428,32 @@ class Rollout(object):
         res = self._result(state, "rolled_back", reason, {"stable": 100, "canary": 0})
         res["restored"] = restored
         return res
+
+
+def parse_state(obj):
+    """The state annotation of a VirtualService as a dict, or None (absent or unreadable)."""
+    ann = ((obj.get("metadata") or {}).get("annotations") or {}).get(STATE_ANNOTATION)
+    if not ann:
+        return None
+    try:
+        state = json.loads(ann)
+    except ValueError:
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def route_subset_weights(vs, route, stable_subset, canary_subset):
+    """{"stable": w, "canary": w} of the selected http route of a VirtualService dict."""
+    from ansible_collections.gpuops.cluster.plugins.module_utils.traffic import find_route, route_weights
+    weights = route_weights(vs["spec"]["http"][find_route(vs, route)])
+    extra = sorted(s for s, w in weights.items() if w and s not in (stable_subset, canary_subset))
+    if extra:
+        raise RolloutConfigError("the route also sends traffic to subset(s) %s; a canary rollout shifts weight "
+                                 "between %s and %s only" % (", ".join(extra), stable_subset, canary_subset))
+    if stable_subset not in weights and canary_subset not in weights:
+        raise RolloutConfigError("the route sends to neither subset %s nor %s (it has: %s)"
+                                 % (stable_subset, canary_subset, ", ".join(sorted(weights))))
+    return {"stable": weights.get(stable_subset, 0), "canary": weights.get(canary_subset, 0)}
 
 
 def _summary(checks):
