@@ -413,6 +413,8 @@ class Rollout(object):
                                          "needs the stable workload (stable_deployment)")
             if not dry_run:
                 restored = self.restore_fn(state["previous_stable"])
+                if isinstance(restored, dict):
+                    restored = dict(restored, template=state["previous_stable"].get("template"))
             reason = "rolled back after promotion: previous stable version restored"
             state["previous_stable"] = None
         elif state.get("phase") == "rolled_back" and weights == {"stable": 100, "canary": 0}:

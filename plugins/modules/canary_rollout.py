@@ -293,6 +293,12 @@ duration:
   description: Seconds the module ran.
   returned: always
   type: float
+restored:
+  description:
+    - O(operation=rollback) after a promotion, the stable Deployment and the pod template that was put back
+      (C(deployment), C(changed)); the template is also in the returned RV(state) before the rollback.
+  returned: when O(operation=rollback)
+  type: dict
 """
 
 import json
@@ -485,7 +491,7 @@ def main():
         changed = bool(res["changed"])
     out = dict(changed=changed, status=res["status"], reason=res["reason"], failed_checks=res["failed_checks"],
                iterations=res["iterations"], weights=res["weights"], progress=res["progress"], state=res["state"],
-               duration=res["duration"])
+               duration=res["duration"], restored=res.get("restored"))
     if module._diff:
         b_weights, b_state = before
         out["diff"] = dict(
