@@ -164,6 +164,16 @@ class Rollout(object):
         self.changed = False
 
     # -- helpers ---------------------------------------------------------
+    def _tick(self):
+        """Wait for the next iteration on a fixed cadence (like Flagger's ticker): the time an
+        iteration takes does not push the following ones later."""
+        self._next_tick += float(self.cfg["interval"])
+        delay = self._next_tick - self.now()
+        if delay > 0:
+            self.sleep(delay)
+        else:  # an iteration overran the interval: start the next one now, no burst to catch up
+            self._next_tick = self.now()
+
     def _hooks(self, kind):
         return [h for h in self.cfg["webhooks"] if h.get("type", "rollout") == kind]
 
@@ -284,6 +294,7 @@ class Rollout(object):
                 self.scale("up")
         state["phase"] = "progressing"
         last_progress = self.now()
+        self._next_tick = self.now()
         top = max_weight(cfg)
         try:
             while True:
@@ -309,7 +320,7 @@ class Rollout(object):
                         if state["failed_checks"] >= int(cfg["threshold"]):
                             return self._rollback(state, canary_w, "pre-rollout webhook failed %d time(s)"
                                                   % state["failed_checks"])
-                        self.sleep(float(cfg["interval"]))
+                        self._tick()
                         continue
                     gate_res = {"decision": "pass", "checks": []}
                 else:
@@ -333,13 +344,13 @@ class Rollout(object):
                         if state["failed_checks"] >= int(cfg["threshold"]):
                             return self._rollback(state, canary_w, "failed checks threshold reached (%d)"
                                                   % state["failed_checks"])
-                        self.sleep(float(cfg["interval"]))
+                        self._tick()
                         continue
                     if decision == "hold":
                         self._save(state, 100 - canary_w, canary_w)
                         self._record(state, canary_w, "hold", decision="hold", checks=gate_res.get("checks"),
                                      message="advancement halted: %s" % _summary(gate_res.get("checks")))
-                        self.sleep(float(cfg["interval"]))
+                        self._tick()
                         continue
                 state["iteration"] += 1
                 # 4. advance or promote
@@ -350,14 +361,14 @@ class Rollout(object):
                                  new_weight=new_w, message="; ".join(msgs))
                     weights = {"stable": 100 - new_w, "canary": new_w}
                     last_progress = self.now()
-                    self.sleep(float(cfg["interval"]))
+                    self._tick()
                     continue
                 ok, msgs2 = self._call_hooks("confirm-promotion", "WaitingPromotion")
                 if not ok:
                     self._save(state, 100 - canary_w, canary_w)
                     self._record(state, canary_w, "hold", decision="pass", checks=gate_res.get("checks"),
                                  message="waiting for promotion: " + "; ".join(msgs2))
-                    self.sleep(float(cfg["interval"]))
+                    self._tick()
                     continue
                 self._record(state, canary_w, "analysis_passed", decision="pass", checks=gate_res.get("checks"),
                              message="; ".join(msgs + msgs2))

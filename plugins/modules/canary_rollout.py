@@ -209,7 +209,8 @@ options:
     default: v1
     choices: [v1, v1beta1, v1alpha3]
 notes:
-  - Run it on the control node (C(delegate_to: localhost) or a play on localhost) with C(async) larger than
+  - >-
+    Run it on the control node (C(delegate_to: localhost) or a play on localhost) with C(async) larger than
     the worst case C(progress_deadline + threshold * interval) if the SSH connection may drop.
   - The RBAC the connecting identity needs is listed in the collection's C(docs/canary.md).
 seealso:
