@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Lay out a local air-gapped artifact mirror under $GPUOPS_CACHE/mirror, with the same paths the
+# upstream download sites use, so the container_runtime and kubernetes_packages roles can be tested
+# against it exactly as a site mirror would be used:
+#
+#   mirror/release/vX.Y.Z/bin/linux/amd64/{kubeadm,kubelet,kubectl}{,.sha256}    (dl.k8s.io layout)
+#   mirror/containerd/vA.B.C/containerd-A.B.C-linux-amd64.tar.gz{,.sha256sum}    (release layout)
+#   mirror/SHA256SUMS                                                           (all of the above)
+#
+# kubeadm/kubelet/kubectl are the Go-built binaries of scripts/build/k8s.sh ($GPUOPS_BIN), which is
+# run first (it is a no-op when they are up to date). containerd is built here from the Go module
+# proxy (github.com/containerd/containerd/v2, CGO off, no_btrfs) and packed in the upstream tarball
+# layout (bin/containerd, bin/containerd-shim-runc-v2, bin/ctr). Nothing is downloaded from GitHub.
+#
+# Idempotent: each artifact has a stamp; a warm run only re-checks them.
+#
+#   bash scripts/build/k8s-mirror.sh                 everything
+#   bash scripts/build/k8s-mirror.sh containerd      only the containerd tarball
+#   bash scripts/build/k8s-mirror.sh kubernetes      only the kubernetes binaries
+set -euo pipefail
+# shellcheck source=scripts/env.sh
+source "$(dirname "$0")/../env.sh"
+
+CONTAINERD_VERSION="${GPUOPS_CONTAINERD_VERSION:-v2.3.7}"
+K8S_VERSION="${GPUOPS_K8S_VERSION:-v1.36.3}"
+ARCH=amd64
+GO="${GO:-/usr/local/go/bin/go}"
+MIRROR="$GPUOPS_CACHE/mirror"
+BUILD="$GPUOPS_CACHE/build/mirror"
+TIMES="$BUILD/build-times.tsv"
+mkdir -p "$MIRROR" "$BUILD"
+
+export GOTOOLCHAIN=local
+export CGO_ENABLED=0
+export GOFLAGS="-trimpath -buildvcs=false -mod=mod"
+export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
+
+log() { printf '==> [k8s-mirror %s] %s\n' "$(date +%T)" "$*"; }
+die() { printf 'k8s-mirror.sh: ERROR: %s\n' "$*" >&2; exit 1; }
+
+containerd_tarball() {
+  local v="${CONTAINERD_VERSION#v}" dir="$MIRROR/containerd/$CONTAINERD_VERSION"
+  local tgz="$dir/containerd-$v-linux-$ARCH.tar.gz" stamp src out t0 t1 gover
+  gover="$("$GO" env GOVERSION)"
+  stamp="github.com/containerd/containerd/v2@$CONTAINERD_VERSION $gover no_btrfs"
+  if [ -f "$tgz" ] && [ -f "$tgz.sha256sum" ] && [ "$(cat "$tgz.stamp" 2>/dev/null)" = "$stamp" ]; then
+    log "containerd $CONTAINERD_VERSION tarball up to date"
+    return 0
+  fi
+  [ -x "$GO" ] || die "Go toolchain not found at $GO"
+  log "building containerd $CONTAINERD_VERSION from the Go module proxy (CGO off, no_btrfs)"
+  t0=$(date +%s)
+  # The module zip (not go install: containerd's go.mod has replace directives).
+  src="$(cd "$BUILD" && "$GO" mod download -json "github.com/containerd/containerd/v2@$CONTAINERD_VERSION" \
+        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  [ -d "$src" ] || die "go mod download github.com/containerd/containerd/v2@$CONTAINERD_VERSION gave no source dir"
+  rm -rf "$BUILD/containerd-src" "$BUILD/containerd-out"
+  cp -r "$src" "$BUILD/containerd-src"
+  chmod -R u+w "$BUILD/containerd-src"
+  out="$BUILD/containerd-out/bin"
+  mkdir -p "$out"
+  local ld="-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION"
+  ld+=" -X github.com/containerd/containerd/v2/version.Revision=gpuops-mirror"
+  ld+=" -X github.com/containerd/containerd/v2/version.Package=github.com/containerd/containerd/v2"
+  (
+    cd "$BUILD/containerd-src"
+    for cmd in containerd containerd-shim-runc-v2 ctr; do
+      nice -n 10 "$GO" build -tags "no_btrfs urfave_cli_no_docs" -ldflags "$ld" -o "$out/$cmd" "./cmd/$cmd"
+    done
+  ) || die "go build of containerd $CONTAINERD_VERSION failed; see the output above"
+  mkdir -p "$dir"
+  tar -C "$BUILD/containerd-out" --owner=0 --group=0 --mtime='2026-01-01 00:00:00' -czf "$tgz.tmp" bin
+  mv -f "$tgz.tmp" "$tgz"
+  (cd "$dir" && sha256sum "$(basename "$tgz")" > "$(basename "$tgz").sha256sum")
+  printf '%s' "$stamp" > "$tgz.stamp"
+  rm -rf "$BUILD/containerd-src"
+  t1=$(date +%s)
+  printf '%s\tcontainerd-%s.tar.gz\t%ss\t%s bytes\n' "$(date -u +%FT%TZ)" "$CONTAINERD_VERSION" \
+    "$((t1 - t0))" "$(stat -c %s "$tgz")" >> "$TIMES"
+  log "containerd tarball: $tgz ($(( $(stat -c %s "$tgz") / 1024 / 1024 )) MiB, $((t1 - t0))s)"
+}
+
+kubernetes_binaries() {
+  local dir="$MIRROR/release/$K8S_VERSION/bin/linux/$ARCH" b have
+  bash "$GPUOPS_REPO/scripts/build/k8s.sh" kubectl kubeadm kubelet
+  mkdir -p "$dir"
+  for b in kubeadm kubelet kubectl; do
+    [ -x "$GPUOPS_BIN/$b" ] || die "$GPUOPS_BIN/$b missing after scripts/build/k8s.sh"
+    have="$("$GPUOPS_BIN/$b" --version 2>/dev/null || "$GPUOPS_BIN/$b" version --client 2>/dev/null || true)"
+    case "$have" in *"$K8S_VERSION"*) ;; *) die "$GPUOPS_BIN/$b is not $K8S_VERSION: '$have'" ;; esac
+    if ! cmp -s "$GPUOPS_BIN/$b" "$dir/$b"; then
+      cp -f "$GPUOPS_BIN/$b" "$dir/$b.tmp" && mv -f "$dir/$b.tmp" "$dir/$b"
+    fi
+    # dl.k8s.io serves the bare hex digest in <binary>.sha256
+    sha256sum "$dir/$b" | cut -d' ' -f1 > "$dir/$b.sha256.tmp"
+    cmp -s "$dir/$b.sha256.tmp" "$dir/$b.sha256" || mv -f "$dir/$b.sha256.tmp" "$dir/$b.sha256"
+    rm -f "$dir/$b.sha256.tmp"
+  done
+  log "kubernetes $K8S_VERSION binaries in $dir"
+}
+
+sums() {
+  (cd "$MIRROR" && find . -type f \( -name 'kube*' -o -name '*.tar.gz' \) ! -name '*.sha256*' ! -name '*.stamp' \
+     -printf '%P\n' | sort | xargs -r sha256sum > SHA256SUMS.tmp && mv -f SHA256SUMS.tmp SHA256SUMS)
+}
+
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(containerd kubernetes)
+for p in "${parts[@]}"; do
+  case "$p" in
+    containerd) containerd_tarball ;;
+    kubernetes) kubernetes_binaries ;;
+    *) die "unknown part '$p' (known: containerd kubernetes)" ;;
+  esac
+done
+sums
+log "mirror ready: $MIRROR"
