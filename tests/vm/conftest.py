@@ -1,0 +1,24 @@
+"""Fixtures for the QEMU VM tests (one guest at a time: they share 2 cores with everyone)."""
+
+import os
+
+import pytest
+
+from tests.vm.harness import VM
+
+
+@pytest.fixture(scope="module")
+def vm_factory(request, keep_logs):
+    started = []
+
+    def _make(name, **kwargs):
+        if started:
+            raise RuntimeError("one VM at a time: stop the previous one first")
+        vm = VM(name=name, lifetime=int(os.environ.get("GPUOPS_VM_LIFETIME", "2400")), **kwargs)
+        vm.start()
+        started.append(vm)
+        return vm
+    yield _make
+    for vm in started:
+        vm.stop()
+        vm.cleanup(keep_logs=keep_logs())

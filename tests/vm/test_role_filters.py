@@ -1,0 +1,132 @@
+"""Unit tests of the pure planning cores of roles/storage and roles/network (no VM needed)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROLES = Path(__file__).resolve().parents[2] / "roles"
+
+
+def load(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+sp = load(ROLES / "storage" / "filter_plugins" / "storage_plan.py")
+nm = load(ROLES / "network" / "filter_plugins" / "network_model.py")
+
+G = 1 << 30
+LSBLK = {"blockdevices": [
+    {"name": "vda", "path": "/dev/vda", "type": "disk", "size": 4 * G, "tran": None, "mountpoint": "/"},
+    {"name": "nvme0n1", "path": "/dev/nvme0n1", "type": "disk", "size": 2 * G, "model": "QEMU NVMe Ctrl", "serial": "A0", "tran": "nvme"},
+    {"name": "nvme1n1", "path": "/dev/nvme1n1", "type": "disk", "size": 2 * G, "model": "QEMU NVMe Ctrl", "serial": "A1", "tran": "nvme"},
+    {"name": "nvme2n1", "path": "/dev/nvme2n1", "type": "disk", "size": 4 * G, "model": "QEMU NVMe Ctrl", "serial": "B0", "tran": "nvme",
+     "children": [{"name": "nvme2n1p1", "path": "/dev/nvme2n1p1", "type": "part", "mountpoint": "/boot"}]},
+    {"name": "nvme3n1", "path": "/dev/nvme3n1", "type": "disk", "size": 4 * G, "model": "QEMU NVMe Ctrl", "serial": "B1", "tran": "nvme"},
+]}
+NVME = {"Devices": [{"DevicePath": "/dev/nvme3n1", "ModelNumber": "SAMSUNG MZ", "SerialNumber": "S3X", "PhysicalSize": 4 * G}]}
+
+
+def test_select_explicit_and_selector():
+    arrays = [{"name": "data", "level": 1, "devices": ["/dev/nvme0n1", "/dev/nvme1n1"]},
+              {"name": "big", "level": 0, "selector": {"transport": "nvme", "min_size_gb": 3}}]
+    res = sp.storage_select_devices(arrays, LSBLK, NVME)
+    assert res["errors"] == ["storage_arrays[big]: RAID0 needs at least 2 devices, got 1 (/dev/nvme3n1)"]
+    assert res["arrays"][0]["devices"] == ["/dev/nvme0n1", "/dev/nvme1n1"]
+    # nvme-cli data wins over lsblk's model
+    res = sp.storage_select_devices([{"name": "s", "level": 1, "selector": {"model": "^SAMSUNG", "count": 1}}], LSBLK, NVME)
+    assert res["arrays"][0]["devices"] == ["/dev/nvme3n1"]
+
+
+def test_select_count_and_unknown_device():
+    res = sp.storage_select_devices([{"name": "x", "level": 10, "selector": {"serial": "^A", "count": 3}}], LSBLK)
+    assert "matched 2 free disk(s)" in res["errors"][0]
+    res = sp.storage_select_devices([{"name": "x", "level": 1, "devices": ["/dev/nvme9n1", "/dev/nvme0n1"]}], LSBLK)
+    assert "/dev/nvme9n1 is not a whole disk" in res["errors"][0]
+
+
+def wipefs(*types):
+    return json.dumps({"signatures": [{"device": "x", "offset": "0x438", "type": t} for t in types]})
+
+
+def test_guard_refuses_then_force():
+    claims = [{"device": "/dev/nvme0n1", "owner": "data", "kind": "md"},
+              {"device": "/dev/nvme1n1", "owner": "data", "kind": "md"}]
+    sigs = {"/dev/nvme0n1": "", "/dev/nvme1n1": wipefs("ext4")}
+    res = sp.storage_guard(claims, sigs, {}, {}, [])
+    assert len(res["errors"]) == 1 and "/dev/nvme1n1 carries ext4" in res["errors"][0]
+    assert "storage_force_wipe_devices" in res["errors"][0]
+    res = sp.storage_guard(claims, sigs, {}, {}, ["/dev/nvme1n1"])
+    assert res["errors"] == [] and res["wipe"] == ["/dev/nvme1n1"] and res["create"] == ["data"]
+
+
+def test_guard_accepts_own_array_and_vg():
+    md = {"data": "MD_LEVEL=raid1\nMD_DEVICES=2\nMD_DEVICE_dev_nvme0n1_DEV=/dev/nvme0n1\nMD_DEVICE_dev_nvme1n1_DEV=/dev/nvme1n1\n"}
+    claims = [{"device": "/dev/nvme0n1", "owner": "data", "kind": "md"},
+              {"device": "/dev/nvme1n1", "owner": "data", "kind": "md"},
+              {"device": "/dev/nvme3n1", "owner": "vg1", "kind": "pv"}]
+    sigs = {"/dev/nvme0n1": wipefs("linux_raid_member"), "/dev/nvme1n1": wipefs("linux_raid_member"),
+            "/dev/nvme3n1": wipefs("LVM2_member")}
+    res = sp.storage_guard(claims, sigs, md, {"/dev/nvme3n1": "vg1"}, [])
+    assert res["errors"] == [] and res["create"] == [] and res["wipe"] == []
+    # an md member of some other array is refused
+    res = sp.storage_guard(claims[:1], sigs, {}, {}, [])
+    assert "linux_raid_member" in res["errors"][0]
+    # a PV of another VG is refused
+    res = sp.storage_guard(claims[2:], sigs, {}, {"/dev/nvme3n1": "other"}, [])
+    assert "LVM2_member" in res["errors"][0]
+
+
+def test_existing_array_mismatch_is_refused():
+    md = {"data": "MD_LEVEL=raid0\nMD_DEVICE_dev_nvme0n1_DEV=/dev/nvme0n1\nMD_DEVICE_dev_nvme1n1_DEV=/dev/nvme1n1\n"}
+    errs = sp.storage_check_existing([{"name": "data", "level": 1, "devices": ["/dev/nvme0n1", "/dev/nvme1n1"]}], md)
+    assert "exists as RAID0" in errs[0]
+    md = {"data": "MD_LEVEL=raid1\nMD_DEVICE_dev_nvme0n1_DEV=/dev/nvme0n1\n"}
+    errs = sp.storage_check_existing([{"name": "data", "level": 1, "devices": ["/dev/nvme0n1", "/dev/nvme1n1"]}], md)
+    assert "never adds/removes members" in errs[0]
+
+
+NETS = {"management": {"cidr": "192.168.10.0/24", "mtu": 1500, "gateway": "192.168.10.1"},
+        "cluster": {"cidr": "10.10.0.0/24", "vlan": 100, "mtu": 9000},
+        "storage": {"cidr": "10.20.0.0/24", "vlan": 200, "mtu": 9000, "gateway": "10.20.0.1"}}
+IFS = [{"name": "eno1", "type": "ethernet"},
+       {"name": "bond0", "type": "bond", "members": ["ens1f0", "ens1f1"], "bond_mode": "802.3ad"}]
+ADDR = {"management": {"interface": "eno1", "address": "192.168.10.21"},
+        "cluster": {"interface": "bond0", "address": "10.10.0.21"},
+        "storage": {"interface": "bond0", "address": "10.20.0.21"}}
+
+
+def test_network_model_inventory_example():
+    m = nm.network_model(NETS, IFS, ADDR)
+    assert m["errors"] == []
+    links = {l["name"]: l for l in m["links"]}
+    assert links["eno1"]["addresses"] == ["192.168.10.21/24"] and links["eno1"]["gateway"] == "192.168.10.1"
+    assert links["bond0"]["mtu"] == 9000 and links["bond0"]["vlans"] == ["bond0.100", "bond0.200"]
+    assert links["ens1f0"]["master"] == "bond0" and links["ens1f0"]["mtu"] == 9000
+    assert links["bond0.200"]["vlan_id"] == 200 and links["bond0.200"]["addresses"] == ["10.20.0.21/24"]
+    # only management gets the default route; other gateways become metric routes
+    assert links["bond0.200"]["gateway"] is None and links["bond0.200"]["routes"] == [{"gateway": "10.20.0.1", "metric": 200}]
+    assert m["management_link"] == "eno1" and set(m["virtual"]) == {"bond0", "bond0.100", "bond0.200"}
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda n, i, a: a["cluster"].update(address="10.11.0.5"), "outside 10.10.0.0/24"),
+    (lambda n, i, a: n["cluster"].update(vlan=5000), "1-4094"),
+    (lambda n, i, a: a.pop("management"), "gpuops_node_addresses.management is required"),
+    (lambda n, i, a: a["cluster"].update(interface="ens1f0"), "member of bond bond0"),
+    (lambda n, i, a: a["cluster"].update(interface="eth9"), "not declared"),
+    (lambda n, i, a: i[1].update(mtu=1500), "VLAN bond0.100 MTU 9000 is larger than its parent bond0 MTU 1500"),
+    (lambda n, i, a: i[1].update(bond_mode="lacp"), "bond_mode"),
+    (lambda n, i, a: n["storage"].update(vlan=100), "both use VLAN 100"),
+    (lambda n, i, a: a["storage"].update(address="10.20.0.0/24"), "not an IP address"),
+])
+def test_network_model_errors(mutate, needle):
+    import copy
+    n, i, a = copy.deepcopy(NETS), copy.deepcopy(IFS), copy.deepcopy(ADDR)
+    mutate(n, i, a)
+    errs = nm.network_model(n, i, a)["errors"]
+    assert any(needle in e for e in errs), errs
