@@ -17,6 +17,10 @@
 #   bash scripts/build/k8s-mirror.sh                 everything
 #   bash scripts/build/k8s-mirror.sh containerd      only the containerd tarball
 #   bash scripts/build/k8s-mirror.sh kubernetes      only the kubernetes binaries
+#   bash scripts/build/k8s-mirror.sh serve DIR [LIFETIME]   serve $GPUOPS_CACHE/mirror over HTTP on
+#        127.0.0.1 (free port, bounded lifetime, default 1800 s) with the test-bed plumbing; prints the
+#        URL and writes DIR/state.json (+ DIR/url)
+#   bash scripts/build/k8s-mirror.sh stop DIR        stop that server by PID (from DIR/state.json)
 set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "$0")/../env.sh"
@@ -103,6 +107,50 @@ sums() {
   (cd "$MIRROR" && find . -type f \( -name 'kube*' -o -name '*.tar.gz' \) ! -name '*.sha256*' ! -name '*.stamp' \
      -printf '%P\n' | sort | xargs -r sha256sum > SHA256SUMS.tmp && mv -f SHA256SUMS.tmp SHA256SUMS)
 }
+
+# serve/stop: a static HTTP server for tests (molecule scenarios of container_runtime and
+# kubernetes_packages), run through tests/testbed/common.py (Proc under `timeout`, stop by PID).
+serve() {
+  local dir="${1:?usage: k8s-mirror.sh serve DIR [LIFETIME]}" lifetime="${2:-1800}"
+  [ -d "$MIRROR" ] || die "no mirror at $MIRROR: run scripts/build/k8s-mirror.sh first"
+  sums
+  cd "$GPUOPS_REPO"
+  "$GPUOPS_VENV/bin/python" - "$dir" "$lifetime" "$MIRROR" <<'PY'
+import sys, urllib.request
+from pathlib import Path
+from tests.testbed.common import Component, free_port, wait_for
+
+class MirrorServer(Component):
+    kind = "artifact-mirror"
+    def __init__(self, root, **kw):
+        super().__init__(**kw)
+        self.root = root
+    def _start(self):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        p = self.spawn("http", [sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
+                                "--directory", self.root, str(port)])
+        wait_for(lambda: urllib.request.urlopen(url + "/SHA256SUMS", timeout=2).status == 200,
+                 30, f"artifact mirror on {url}", procs=[p])
+        self.info.update(url=url, port=port, root=self.root)
+
+workdir, lifetime, root = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+srv = MirrorServer(root, name="artifact-mirror", workdir=workdir, lifetime=lifetime).start()
+(workdir / "url").write_text(srv.info["url"])
+print(srv.info["url"])
+PY
+}
+
+stop_server() {
+  local dir="${1:?usage: k8s-mirror.sh stop DIR}"
+  cd "$GPUOPS_REPO"
+  "$GPUOPS_VENV/bin/python" -c 'import sys; from pathlib import Path; from tests.testbed.common import stop_from_state; print("stopped" if stop_from_state(Path(sys.argv[1])) else "not running")' "$dir"
+}
+
+case "${1:-}" in
+  serve) shift; serve "$@"; exit 0 ;;
+  stop) shift; stop_server "$@"; exit 0 ;;
+esac
 
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(containerd kubernetes)
