@@ -173,9 +173,9 @@ def evaluate_deployment(check, k8s_client):
     updated = (dep.status.updated_replicas or 0) if dep.status else 0
     generation_ok = dep.status is not None and (dep.status.observed_generation or 0) >= (dep.metadata.generation or 0)
     ok = generation_ok and available >= desired and updated >= desired
+    note = "" if generation_ok else ", rollout not observed yet"
     return _result(check, "deployment_available", "pass" if ok else "fail", value=available,
-                   message="%d/%d available, %d updated%s" % (available, desired, updated,
-                                                             "" if generation_ok else ", rollout not observed yet"))
+                   message="%d/%d available, %d updated%s" % (available, desired, updated, note))
 
 
 def decide(results, checks, on_no_data="fail", on_error="fail"):

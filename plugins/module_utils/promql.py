@@ -144,18 +144,11 @@ class PrometheusClient:
         self._opener = opener or self._urllib_open
 
     def _urllib_open(self, url, headers, timeout):
-        import ssl
-        from urllib.request import Request, urlopen
-        from urllib.error import HTTPError
-        ctx = None
-        if url.startswith("https"):
-            ctx = ssl.create_default_context(cafile=self.ca_path)
-            if not self.validate_certs:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-        req = Request(url, headers=headers)
+        from ansible.module_utils.urls import open_url
+        from ansible.module_utils.six.moves.urllib.error import HTTPError
         try:
-            resp = urlopen(req, timeout=timeout, context=ctx)
+            resp = open_url(url, headers=headers, timeout=timeout, validate_certs=self.validate_certs,
+                            ca_path=self.ca_path)
             return resp.getcode(), resp.read()
         except HTTPError as exc:
             return exc.code, exc.read()

@@ -63,11 +63,10 @@ class TorchServeClient:
         self._opener = opener or self._urllib_open
 
     def _urllib_open(self, method, url, headers, timeout):
-        from urllib.request import Request, urlopen
-        from urllib.error import HTTPError
-        req = Request(url, headers=headers, method=method)
+        from ansible.module_utils.urls import open_url
+        from ansible.module_utils.six.moves.urllib.error import HTTPError
         try:
-            resp = urlopen(req, timeout=timeout)
+            resp = open_url(url, method=method, headers=headers, timeout=timeout)
             return resp.getcode(), resp.read()
         except HTTPError as exc:
             return exc.code, exc.read()

@@ -16,7 +16,7 @@ description:
     t-test or a Mann-Whitney U test, at the requested confidence, and returns the p-values.
   - A winner is named only when a difference is statistically significant; when one version is
     better on errors and the other on latency, no winner is named (RV(reason=conflict)).
-  - Data comes from Prometheus (the per-version metrics of the collection's TorchServe handler:
+  - Data comes from Prometheus (the per-version metrics of the collection's TorchServe handler,
     C(gpuops_requests_total), C(gpuops_errors_total), C(gpuops_latency_ms_bucket)) or is given
     directly in O(data). With Prometheus, latency is compared with Mann-Whitney U over the histogram
     buckets (a histogram has no raw samples for a t-test).
@@ -24,7 +24,7 @@ description:
     test runs; this module only measures and decides, so it never changes anything.
   - Pure Python statistics (no scipy needed on the controller).
 author:
-  - gpuops.cluster contributors
+  - gpuops.cluster contributors (@gpuops)
 attributes:
   check_mode:
     support: full

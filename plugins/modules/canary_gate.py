@@ -21,7 +21,7 @@ description:
     handled by O(on_no_data). Prometheus unreachable or a query error is C(error) and is never a pass.
   - The module only reads, so it runs fully in check mode and never reports C(changed).
 author:
-  - gpuops.cluster contributors
+  - gpuops.cluster contributors (@gpuops)
 extends_documentation_fragment:
   - gpuops.cluster.k8s_auth
 attributes:

@@ -12,14 +12,14 @@ module: torchserve_model
 short_description: Register, scale, set as default or unregister a TorchServe model version
 version_added: 0.1.0
 description:
-  - Manages one version of a model through the TorchServe management API, idempotently:
+  - Manages one version of a model through the TorchServe management API, idempotently;
     it describes the version first and only acts when the state differs.
   - Waits until the version's workers are V(READY) (the management API's view; C(/ping) is healthy
     before models load and is never used for readiness).
   - Supports TorchServe's token authorization (on by default since 0.11) with the management key,
     given directly or read from the server's key file.
 author:
-  - gpuops.cluster contributors
+  - gpuops.cluster contributors (@gpuops)
 attributes:
   check_mode:
     support: full

@@ -53,8 +53,8 @@ def main(argv=None) -> int:
         print(f"{args.name} already up: scripts/testbed status {args.name}", file=sys.stderr)
         return 1
     mod, cls, kwargs = REGISTRY[args.name]
-    comp = getattr(importlib.import_module(mod), cls)(name=args.name, workdir=wd,
-                                                       lifetime=args.lifetime, **kwargs)
+    factory = getattr(importlib.import_module(mod), cls)
+    comp = factory(name=args.name, workdir=wd, lifetime=args.lifetime, **kwargs)
     comp.start()
     print(json.dumps(comp.info, indent=2, default=str))
     print(f"logs and state: {wd}; stop with: scripts/testbed down {args.name}")

@@ -21,8 +21,8 @@ def test_incomplete_beta_matches_scipy(a, b, x):
 
 def test_welch_matches_scipy():
     rng = random.Random(7)
-    a = [rng.gauss(50, 5) for _ in range(40)]
-    b = [rng.gauss(53, 9) for _ in range(25)]
+    a = [rng.gauss(50, 5) for _i in range(40)]
+    b = [rng.gauss(53, 9) for _i in range(25)]
     ours = stats.welch_t_test(a, b)
     ref = sp.ttest_ind(a, b, equal_var=False)
     assert ours["statistic"] == pytest.approx(ref.statistic, rel=1e-9)
@@ -31,8 +31,8 @@ def test_welch_matches_scipy():
 
 def test_mann_whitney_matches_scipy_with_ties():
     rng = random.Random(3)
-    a = [round(rng.expovariate(1 / 20)) for _ in range(60)]
-    b = [round(rng.expovariate(1 / 26)) for _ in range(45)]
+    a = [round(rng.expovariate(1 / 20)) for _i in range(60)]
+    b = [round(rng.expovariate(1 / 26)) for _i in range(45)]
     ours = stats.mann_whitney_u(a, b)
     ref = sp.mannwhitneyu(a, b, alternative="two-sided", use_continuity=True, method="asymptotic")
     assert ours["u_a"] == pytest.approx(ref.statistic)
@@ -61,8 +61,8 @@ def test_two_proportion_rejects_bad_counts(args):
 
 def test_compare_names_worse_version_only_when_significant():
     rng = random.Random(11)
-    good = {"name": "v1", "requests": 2000, "errors": 10, "latencies": [rng.gauss(20, 2) for _ in range(300)]}
-    bad = {"name": "v2", "requests": 2000, "errors": 120, "latencies": [rng.gauss(20, 2) for _ in range(300)]}
+    good = {"name": "v1", "requests": 2000, "errors": 10, "latencies": [rng.gauss(20, 2) for _i in range(300)]}
+    bad = {"name": "v2", "requests": 2000, "errors": 120, "latencies": [rng.gauss(20, 2) for _i in range(300)]}
     res = stats.compare_versions(good, bad, confidence=0.99)
     assert res["winner"] == "v1" and res["errors"]["significant"]
     assert res["errors"]["p_value"] < 0.01
@@ -72,8 +72,8 @@ def test_compare_names_worse_version_only_when_significant():
 
 def test_compare_conflict_names_no_winner():
     rng = random.Random(5)
-    fast_buggy = {"name": "a", "requests": 5000, "errors": 300, "latencies": [rng.gauss(10, 1) for _ in range(200)]}
-    slow_clean = {"name": "b", "requests": 5000, "errors": 5, "latencies": [rng.gauss(30, 1) for _ in range(200)]}
+    fast_buggy = {"name": "a", "requests": 5000, "errors": 300, "latencies": [rng.gauss(10, 1) for _i in range(200)]}
+    slow_clean = {"name": "b", "requests": 5000, "errors": 5, "latencies": [rng.gauss(30, 1) for _i in range(200)]}
     res = stats.compare_versions(fast_buggy, slow_clean, latency_test="mann-whitney")
     assert res["conflict"] and res["winner"] is None
 
@@ -87,8 +87,8 @@ def test_compare_rejects_bad_confidence():
 def test_binned_mann_whitney_equals_expanded_samples():
     bins = [5, 10, 25, 50, 100]
     a_counts, b_counts = [3, 10, 40, 7, 1], [1, 4, 30, 25, 6]
-    a = [b for b, c in zip(bins, a_counts) for _ in range(c)]
-    b = [b for b, c in zip(bins, b_counts) for _ in range(c)]
+    a = [b for b, c in zip(bins, a_counts) for _i in range(c)]
+    b = [b for b, c in zip(bins, b_counts) for _i in range(c)]
     binned = stats.mann_whitney_u_binned(a_counts, b_counts)
     expanded = stats.mann_whitney_u(a, b)
     assert binned["u_a"] == pytest.approx(expanded["u_a"])
