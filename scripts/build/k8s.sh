@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Build the Kubernetes API test bed binaries from source with the Go toolchain, into $GPUOPS_BIN:
-#   etcd, kube-apiserver, kube-controller-manager, kwok, kubectl, kubeadm, kubelet
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, kubectl, kubeadm, kubelet
+# (kube-scheduler binds the test bed's Pods to the fake kwok GPU nodes, honouring nodeSelector and
+# nvidia.com/gpu requests). kwok's upstream default Stage manifests (node-initialize, heartbeat with
+# lease, pod ready/complete/delete) are copied unchanged to $GPUOPS_CACHE/share/kwok/VERSION/stages.
 # (kubeadm/kubelet only feed the kubernetes_packages role's air-gapped mirror tests; built last).
 #
 # Idempotent: each binary has a stamp file ($GPUOPS_BIN/.stamps/NAME) holding what it was built from;
@@ -31,7 +34,7 @@ K8S_STAGING_MODULES=(
   kms kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics
   mount-utils pod-security-admission sample-apiserver sample-controller streaming
 )
-ALL_BINARIES=(etcd kube-apiserver kube-controller-manager kwok kubectl kubeadm kubelet)
+ALL_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kubectl kubeadm kubelet)
 
 GO="${GO:-/usr/local/go/bin/go}"
 BUILD_ROOT="$GPUOPS_CACHE/build/k8s"
@@ -115,6 +118,19 @@ build_one() {
   log "built $name in $((t1 - t0))s ($((size / 1024 / 1024)) MiB)"
 }
 
+# The kwok binary refuses to start without Stage objects (kwokctl normally supplies them): keep the
+# upstream defaults, unchanged, next to the binary for tests/testbed/k8s.py.
+kwok_stages() {
+  local dest="$GPUOPS_CACHE/share/kwok/$KWOK_VERSION/stages" src f
+  src="$(cd "$BUILD_ROOT/kwok" && "$GO" list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage"
+  mkdir -p "$dest"
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+           pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    [ -f "$src/$f" ] || die "kwok $KWOK_VERSION has no default stage $f"
+    cmp -s "$src/$f" "$dest/$(basename "$f")" || install -m 0644 "$src/$f" "$dest/$(basename "$f")"
+  done
+}
+
 build_binary() {
   local name="$1" ld
   ld="$(k8s_ldflags)"
@@ -124,7 +140,7 @@ build_binary() {
       build_one etcd "$BUILD_ROOT/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" \
         go.etcd.io/etcd/server/v3 "-s -w" \
         "go.etcd.io/etcd/server/v3@$ETCD_VERSION $GO_VERSION" ;;
-    kube-apiserver|kube-controller-manager|kubectl|kubeadm|kubelet)
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubeadm|kubelet)
       wrapper_module "$BUILD_ROOT/kubernetes" k8s.io/kubernetes "$K8S_VERSION" k8s
       build_one "$name" "$BUILD_ROOT/kubernetes" k8s.io/kubernetes "$K8S_VERSION" \
         "k8s.io/kubernetes/cmd/$name" "$ld" \
@@ -134,7 +150,8 @@ build_binary() {
       wrapper_module "$BUILD_ROOT/kwok" sigs.k8s.io/kwok "$KWOK_VERSION" k8s
       build_one kwok "$BUILD_ROOT/kwok" sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok \
         "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
-        "sigs.k8s.io/kwok@$KWOK_VERSION staging@$K8S_STAGING_VERSION $GO_VERSION" ;;
+        "sigs.k8s.io/kwok@$KWOK_VERSION staging@$K8S_STAGING_VERSION $GO_VERSION"
+      kwok_stages ;;
     *) die "unknown binary '$name' (known: ${ALL_BINARIES[*]})" ;;
   esac
 }
