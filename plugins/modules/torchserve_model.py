@@ -45,7 +45,7 @@ options:
       - V(present) registers the version if missing and scales it to O(min_workers)/O(max_workers).
       - V(default) does the same and makes it the model's default version.
       - V(absent) unregisters it. Unregistering the default version while other versions exist is
-        refused: make another version the default first.
+        refused; make another version the default first.
     type: str
     choices: [present, default, absent]
     default: present
