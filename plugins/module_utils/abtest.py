@@ -6,7 +6,7 @@
 The split itself is fixed beforehand (gpuops.cluster.traffic_split); this core
 only measures and decides. From Prometheus it reads, per version, over
 ``window``: requests, errors, and the latency histogram buckets of the
-collection's TorchServe handler (``gpuops_latency_ms_bucket``). Latency is then
+collection's TorchServe handler (``gpuops_latency_seconds_bucket``). Latency is then
 compared with Mann-Whitney U over the buckets (binned, tie-corrected), since a
 histogram carries no raw samples for a t-test.
 """

@@ -50,7 +50,7 @@ ISTIO_VOLUME = (
 # no per-version error counter). Series and labels: see docs/gates.md.
 TS_REQUESTS = 'gpuops_requests_total{model_name="{{ model }}",model_version="{{ version }}"}'
 TS_ERRORS = 'gpuops_errors_total{model_name="{{ model }}",model_version="{{ version }}"}'
-TS_LATENCY_BUCKET = 'gpuops_latency_ms_bucket{model_name="{{ model }}",model_version="{{ version }}"}'
+TS_LATENCY_BUCKET = 'gpuops_latency_seconds_bucket{model_name="{{ model }}",model_version="{{ version }}"}'
 
 TORCHSERVE_SUCCESS_RATE = (
     '(1 - (sum(increase(' + TS_ERRORS + '[{{ interval }}])) or vector(0)) / sum(increase(' + TS_REQUESTS
@@ -60,8 +60,9 @@ TORCHSERVE_ERROR_RATE = (
     '(sum(increase(' + TS_ERRORS + '[{{ interval }}])) or vector(0)) / sum(increase(' + TS_REQUESTS
     + '[{{ interval }}])) * 100'
 )
+# the handler's histogram is in seconds; the gate works in milliseconds like Flagger's request-duration
 TORCHSERVE_LATENCY_P99 = (
-    'histogram_quantile(0.99, sum(rate(' + TS_LATENCY_BUCKET + '[{{ interval }}])) by (le))'
+    'histogram_quantile(0.99, sum(rate(' + TS_LATENCY_BUCKET + '[{{ interval }}])) by (le)) * 1000'
 )
 TORCHSERVE_VOLUME = 'sum(increase(' + TS_REQUESTS + '[{{ interval }}]))'
 

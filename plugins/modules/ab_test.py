@@ -17,7 +17,7 @@ description:
   - A winner is named only when a difference is statistically significant; when one version is
     better on errors and the other on latency, no winner is named (RV(reason=conflict)).
   - Data comes from Prometheus (the per-version metrics of the collection's TorchServe handler,
-    C(gpuops_requests_total), C(gpuops_errors_total), C(gpuops_latency_ms_bucket)) or is given
+    C(gpuops_requests_total), C(gpuops_errors_total), C(gpuops_latency_seconds_bucket)) or is given
     directly in O(data). With Prometheus, latency is compared with Mann-Whitney U over the histogram
     buckets (a histogram has no raw samples for a t-test).
   - The split itself is set beforehand with M(gpuops.cluster.traffic_split) and kept fixed while the

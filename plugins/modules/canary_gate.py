@@ -105,7 +105,7 @@ options:
             C(istio_request_duration_milliseconds_bucket).
           - V(torchserve-success-rate), V(torchserve-error-rate) (percent) and V(torchserve-latency-p99)
             (milliseconds) use the per-version metrics of the collection's TorchServe handler
-            (C(gpuops_requests_total), C(gpuops_errors_total), C(gpuops_latency_ms_bucket) with labels
+            (C(gpuops_requests_total), C(gpuops_errors_total), C(gpuops_latency_seconds_bucket) with labels
             C(model_name) and C(model_version)).
         type: str
         choices: [request-success-rate, request-duration, torchserve-success-rate, torchserve-error-rate,
