@@ -489,3 +489,53 @@ def test_bad_inventory_fails_naming_host_and_variable(case_runs, cid, expected):
     for line in lines:
         assert line.startswith("["), line
         assert "Fix:" in line, line
+
+
+# ---------------------------------------------------------------- host-level checks (this machine)
+
+
+def _notes(run: Run) -> List[str]:
+    """msg lines of the 'skipped, and why' debug task of the host checks."""
+    out: List[str] = []
+    for play in (run.doc or {}).get("plays", []):
+        for task in play.get("tasks", []):
+            if "skipped, and why" not in task.get("task", {}).get("name", ""):
+                continue
+            for res in task.get("hosts", {}).values():
+                msg = res.get("msg")
+                out.extend(msg if isinstance(msg, list) else [])
+    return out
+
+
+def _in_container() -> bool:
+    return Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
+
+
+def test_host_checks_pass_on_this_machine(tmp_path):
+    """Real facts of the machine running the test (cp01 is ansible_connection: local)."""
+    extra = ["--limit", "cp01", "-e", json.dumps({
+        "preflight_check_hosts": True, "preflight_min_vcpus": 1, "preflight_min_memory_mb": 256,
+        "preflight_min_free_disk_gb": 0, "preflight_disk_path": "/",
+        "preflight_supported_os": [{"distribution": "Debian", "versions": ["12", "13"]},
+                                   {"distribution": "Ubuntu", "versions": ["22.04", "24.04"]}],
+        "preflight_required_kernel_modules": ["overlay"]})]
+    run = run_case(tmp_path / "host-ok", base_inventory(), extra)
+    assert run.rc == 0, run.explain()
+    notes = _notes(run)
+    if _in_container():
+        # kernel modules cannot be checked in a container: skipped WITH a message, not passed silently
+        assert any("[cp01] preflight_required_kernel_modules: skipped" in n and "container" in n
+                   for n in notes), notes
+
+
+def test_host_checks_fail_naming_host_and_threshold(tmp_path):
+    extra = ["--limit", "cp01", "-e", json.dumps({
+        "preflight_check_hosts": True, "preflight_min_vcpus": 4096,
+        "preflight_min_memory_mb": 64 * 1024 * 1024, "preflight_min_free_disk_gb": 1024 * 1024,
+        "preflight_disk_path": "/", "preflight_supported_os": [{"distribution": "Plan9", "versions": ["4"]}]})]
+    run = run_case(tmp_path / "host-bad", base_inventory(), extra)
+    assert_failed_without_change(run)
+    lines = run.problem_lines()
+    for needle in ("[cp01] preflight_min_vcpus: the host has", "[cp01] preflight_min_memory_mb: the host has",
+                   "[cp01] preflight_min_free_disk_gb:", "[cp01] preflight_supported_os:"):
+        assert any(line.startswith(needle) for line in lines), f"{needle}\n{run.explain()}"
