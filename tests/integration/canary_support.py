@@ -24,6 +24,7 @@ import os
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -184,7 +185,7 @@ class LoadGenerator(threading.Thread):
     """
 
     def __init__(self, client, ns: str, vs_name: str, send: Callable[[str], bool], rps: float = 20.0,
-                 route: int = 0, refresh: float = 0.25, max_seconds: float = 600.0):
+                 route: int = 0, refresh: float = 0.25, max_seconds: float = 600.0, concurrency: int = 8):
         super().__init__(daemon=True, name=f"loadgen-{vs_name}")
         self.client, self.ns, self.vs_name, self.send = client, ns, vs_name, send
         self.rps, self.route, self.refresh, self.max_seconds = rps, route, refresh, max_seconds
@@ -196,10 +197,13 @@ class LoadGenerator(threading.Thread):
         self.weight_log: List[tuple] = []  # (time, {subset: weight})
         self.failure: Optional[BaseException] = None
         self._credit: Dict[str, float] = {}
+        # requests go out on a small pool so a slow version does not slow the others down
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"load-{vs_name}")
 
     def stop(self) -> None:
         self._stop_evt.set()
         self.join(timeout=30)
+        self._pool.shutdown(wait=True)
         if self.failure is not None:
             raise RuntimeError(f"load generator failed: {self.failure!r}") from self.failure
 
@@ -261,12 +265,20 @@ class LoadGenerator(threading.Thread):
                             self.no_endpoint[subset] = self.no_endpoint.get(subset, 0) + 1
                         else:
                             self.sent[version] = self.sent.get(version, 0) + 1
-                    if version is not None and not self.send(version):
-                        with self.lock:
-                            self.errors[version] = self.errors.get(version, 0) + 1
+                    if version is not None:
+                        self._pool.submit(self._one, version)
                 self._stop_evt.wait(max(0.0, gap - (time.time() - t0)))
         except BaseException as exc:  # noqa: BLE001 - surfaced by stop()
             self.failure = exc
+
+    def _one(self, version: str) -> None:
+        try:
+            ok = self.send(version)
+        except Exception:  # noqa: BLE001 - a failed request is an error, not a crash
+            ok = False
+        if not ok:
+            with self.lock:
+                self.errors[version] = self.errors.get(version, 0) + 1
 
     def snapshot(self) -> dict:
         with self.lock:
@@ -304,6 +316,23 @@ def run_playbook(playbook: Path, extra_vars: dict, workdir: Path, env: Optional[
     return out
 
 
+def start_playbook(playbook: Path, extra_vars: dict, workdir: Path, env: Optional[dict] = None,
+                   timeout: float = 600) -> subprocess.Popen:
+    """ansible-playbook in the background, in its own process group (to be killed by PID)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    vars_file = workdir / f"vars-{time.time_ns()}.json"
+    vars_file.write_text(json.dumps(extra_vars))
+    full_env = dict(os.environ)
+    full_env.update({"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_NOCOLOR": "1",
+                     "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")})
+    full_env.update(env or {})
+    argv = ["timeout", str(int(timeout)), "ansible-playbook", "-i", "localhost,", "-c", "local",
+            str(playbook), "-e", f"@{vars_file}", "-e", "ansible_python_interpreter=" + _python()]
+    log = open(workdir / f"playbook-{time.time_ns()}.log", "wb")
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=str(workdir),
+                            start_new_session=True)
+
+
 def _python() -> str:
     import sys
     return sys.executable
@@ -316,3 +345,13 @@ def write_playbook(path: Path, tasks: List[dict], module_defaults: Optional[dict
         play["module_defaults"] = module_defaults
     path.write_text(json.dumps([play], indent=1))
     return path
+
+
+def documented_rbac_rules(doc: Path = REPO / "docs" / "canary.md") -> List[dict]:
+    """The Role rules of docs/canary.md (between <!-- rbac:begin --> and <!-- rbac:end -->), so the
+    tests grant exactly what the user guide documents."""
+    import yaml
+    text = doc.read_text()
+    block = text.split("<!-- rbac:begin -->", 1)[1].split("<!-- rbac:end -->", 1)[0]
+    body = block.split("```yaml", 1)[1].split("```", 1)[0]
+    return yaml.safe_load(body)["rules"]
