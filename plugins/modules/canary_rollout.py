@@ -467,10 +467,15 @@ def main():
             validate_checks(checks)
             if any((c.get("kind") or "metric") == "metric" for c in checks) and not p["prometheus_url"]:
                 module.fail_json(msg="metric checks need prometheus_url")
-            before = rollout.read_route()
+        before = rollout.read_route()
+        if not module.check_mode:
+            # preflight: a dry-run write of what is there now checks RBAC and admission before the
+            # rollout touches anything (scaling, restoring), so a missing right fails cleanly
+            rollout.write_route(before[0]["stable"], before[0]["canary"],
+                                dict(before[1] or {}, preflight=time.time()), dry_run=True)
+        if p["operation"] == "run":
             res = rollout.plan() if module.check_mode else rollout.run()
         else:
-            before = rollout.read_route()
             res = rollout.rollback_now(dry_run=module.check_mode)
     except RolloutAborted as exc:
         r = exc.result

@@ -355,3 +355,13 @@ def documented_rbac_rules(doc: Path = REPO / "docs" / "canary.md") -> List[dict]
     block = text.split("<!-- rbac:begin -->", 1)[1].split("<!-- rbac:end -->", 1)[0]
     body = block.split("```yaml", 1)[1].split("```", 1)[0]
     return yaml.safe_load(body)["rules"]
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+    """Poll ``check`` until truthy; AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
