@@ -247,8 +247,8 @@ class Rollout(object):
         weights, state = self.read_route()
         if state and state.get("revision") == self.cfg["revision"] and state.get("phase") in TERMINAL_PHASES \
                 and not self.cfg.get("restart"):
-            return self._result(state, state["phase"], "already %s (state annotation); nothing to do"
-                                 % state["phase"], weights)
+            return self._result(state, state["phase"],
+                                "already %s (state annotation); nothing to do" % state["phase"], weights)
         resumed = bool(state and state.get("revision") == self.cfg["revision"])
         st = dict(state) if resumed else self._new_state(weights["canary"])
         cur = weights["canary"]
@@ -277,9 +277,9 @@ class Rollout(object):
                                 % state["phase"], weights)
         if state and state.get("revision") == cfg["revision"] and state.get("phase") not in TERMINAL_PHASES:
             state = dict(state)
-            self._record(state, weights["canary"], "resume", message="resuming %s at canary weight %d%% with %d "
-                         "failed check(s) from the state annotation" % (state.get("phase"), weights["canary"],
-                                                                       state.get("failed_checks", 0)))
+            msg = "resuming %s at canary weight %d%% with %d failed check(s) from the state annotation" % (
+                state.get("phase"), weights["canary"], state.get("failed_checks", 0))
+            self._record(state, weights["canary"], "resume", message=msg)
             if state.get("phase") == "promoting":
                 return self._promote(state, weights["canary"])
         else:
