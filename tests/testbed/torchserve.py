@@ -91,13 +91,20 @@ class TorchServe(Component):
         key_file = wd / "key_file.json"
         if key_file.exists():  # a stale key from an earlier run must not be picked up
             key_file.unlink()
-        ports = {k: free_port() for k in ("inference", "management", "metrics")}
+        # gRPC cannot be switched off in 0.12 and defaults to 7070/7071: give it free ports too,
+        # or a second instance on the machine dies with "Failed to bind to address 127.0.0.1:7070".
+        ports = {k: free_port() for k in ("inference", "management", "metrics", "grpc_inference",
+                                          "grpc_management")}
         overrides = wd / "overrides.json"
         self._write_overrides(overrides)
         props = {
             "inference_address": f"http://127.0.0.1:{ports['inference']}",
             "management_address": f"http://127.0.0.1:{ports['management']}",
             "metrics_address": f"http://127.0.0.1:{ports['metrics']}",
+            "grpc_inference_address": "127.0.0.1",
+            "grpc_management_address": "127.0.0.1",
+            "grpc_inference_port": str(ports["grpc_inference"]),
+            "grpc_management_port": str(ports["grpc_management"]),
             "model_store": str(store),
             "workflow_store": str(store),
             "metrics_mode": "prometheus",
@@ -122,7 +129,7 @@ class TorchServe(Component):
         argv = [str(torchserve), "--start", "--foreground", "--ncs",
                 "--ts-config", str(wd / "config.properties"), "--model-store", str(store)]
         proc = self.spawn("torchserve", argv, env=env, cwd=wd)
-        base = {k: f"http://127.0.0.1:{p}" for k, p in ports.items()}
+        base = {k: f"http://127.0.0.1:{p}" for k, p in ports.items() if not k.startswith("grpc")}
         self.info.update({
             "inference_url": base["inference"], "management_url": base["management"],
             "metrics_url": f"{base['metrics']}/metrics", "metrics_target": f"127.0.0.1:{ports['metrics']}",
@@ -205,7 +212,9 @@ class TorchServe(Component):
 
         ``load_gate``: the workers' initialize() blocks until that file exists (tests observe a
         version that is still loading); use with wait=False, then create the file.
-        Returns {"version", "archive", "load_seconds" (None when wait=False)}.
+        Registering a version that is already registered from the same archive is a no-op
+        (``existing`` True); from a different archive it is an error.
+        Returns {"version", "archive", "load_seconds" (None when wait=False), "existing"}.
         """
         version = str(version)
         archive = model_build.build_archive(version, fail_rate, delay_ms, model_name=self.model_name)
@@ -213,6 +222,15 @@ class TorchServe(Component):
         if not (store / archive.name).exists():
             shutil.copy2(archive, store / f".{archive.name}.tmp")
             os.replace(store / f".{archive.name}.tmp", store / archive.name)
+        existing = self.describe(version)
+        if existing:  # shared session fixture: registering the same archive twice is a no-op
+            url = existing[0].get("modelUrl")
+            if url != archive.name:
+                raise TestbedError(f"{self.model_name} {version} is already registered from {url}, not "
+                                   f"{archive.name} (other faults?): unregister it first or pick another version")
+            if wait:
+                self.wait_ready(version, initial_workers)
+            return {"version": version, "archive": str(archive), "load_seconds": 0.0, "existing": True}
         if load_gate is not None:
             self._overrides.setdefault(version, {})["load_gate"] = str(load_gate)
             self._write_overrides()
@@ -223,7 +241,8 @@ class TorchServe(Component):
         if status not in (200, 202):
             raise TestbedError(f"registering {self.model_name} {version} ({archive.name}) failed: "
                                f"HTTP {status}: {body}\n{self.procs[0].tail() if self.procs else ''}")
-        result: Dict[str, Any] = {"version": version, "archive": str(archive), "load_seconds": None}
+        result: Dict[str, Any] = {"version": version, "archive": str(archive), "load_seconds": None,
+                                  "existing": False}
         if wait:
             self.wait_ready(version, initial_workers)
             result["load_seconds"] = round(time.monotonic() - t0, 2)
@@ -237,7 +256,10 @@ class TorchServe(Component):
     def unregister(self, version: str, timeout: float = 120.0) -> None:
         status, body = self._mgmt("DELETE", f"/models/{self.model_name}/{version}", timeout=timeout)
         if status not in (200, 202):
-            raise TestbedError(f"unregistering {self.model_name} {version}: HTTP {status}: {body}")
+            hint = ""
+            if status == 403 and "default version" in str(body):
+                hint = " (TorchServe keeps the default version while others exist: set_default() another first)"
+            raise TestbedError(f"unregistering {self.model_name} {version}: HTTP {status}: {body}{hint}")
         wait_for(lambda: self.describe(version) is None, timeout, f"{self.model_name} {version} unregistered",
                  procs=self.procs)
         self._overrides.pop(str(version), None)
