@@ -31,16 +31,16 @@ description:
     host's syslog/journal, and is visible live in the state annotation of the C(VirtualService). All
     entries are returned in RV(progress) at the end.
 author:
-  - gpuops.cluster contributors
+  - gpuops.cluster contributors (@gpuops)
 extends_documentation_fragment:
   - gpuops.cluster.k8s_auth
 attributes:
   check_mode:
     support: full
-    details: Reports what the first iteration would do and sends that weight change as a server-side dry run.
+    description: Reports what the first iteration would do and sends that weight change as a server-side dry run.
   diff_mode:
     support: full
-    details: The diff shows the canary weight and phase before and after.
+    description: The diff shows the canary weight and phase before and after.
 options:
   operation:
     description:

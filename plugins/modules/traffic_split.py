@@ -24,15 +24,16 @@ description:
   - Destinations of the route that are not in O(weights) keep their entry with weight 0; subsets in
     O(weights) that the route does not list yet are appended with the route's host.
 author:
-  - gpuops.cluster contributors
+  - gpuops.cluster contributors (@gpuops)
 extends_documentation_fragment:
   - gpuops.cluster.k8s_auth
 attributes:
   check_mode:
     support: full
-    details: Check mode sends the replace as a server-side dry run (C(dryRun=All)), so admission and RBAC are checked.
+    description: Check mode sends the replace as a server-side dry run (C(dryRun=All)), so admission and RBAC are checked.
   diff_mode:
     support: full
+    description: The diff shows the weights of the route before and after.
 options:
   name:
     description: Name of the C(VirtualService).
