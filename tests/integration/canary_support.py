@@ -63,9 +63,11 @@ def virtual_service(name: str, host: str, weights: Dict[str, int], route_name: s
 
 
 def deployment(name: str, app: str, track: str, model_version: str, replicas: int = 1,
-               container: str = "torchserve", image: str = "pytorch/torchserve:0.12.0-gpu") -> dict:
-    """A TorchServe Deployment on the kwok fake GPU nodes (tolerates every taint: kwok nodes are tainted)."""
+               container: str = "torchserve", image: str = "pytorch/torchserve:0.12.0-gpu", gpus: int = 0) -> dict:
+    """A TorchServe Deployment for the kwok fake nodes (tolerates every taint). ``gpus`` > 0 requests
+    ``nvidia.com/gpu`` (the fake nodes have few: tests leave it at 0 so many namespaces fit)."""
     labels = {"app": app, "version": track}
+    resources = {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
         "spec": {
@@ -78,7 +80,7 @@ def deployment(name: str, app: str, track: str, model_version: str, replicas: in
                     "containers": [{
                         "name": container, "image": image,
                         "env": [{"name": "MODEL_VERSION", "value": model_version}],
-                        "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                        "resources": resources,
                     }],
                 },
             },
@@ -117,6 +119,17 @@ def ensure_namespace(client, name: str) -> None:
         kubernetes.client.CoreV1Api(client).create_namespace(namespace(name))
     except ApiException as exc:
         if exc.status != 409:
+            raise
+
+
+def delete_namespace(client, name: str) -> None:
+    """Delete a test namespace (the namespace controller removes its objects in the background)."""
+    import kubernetes
+    from kubernetes.client.rest import ApiException
+    try:
+        kubernetes.client.CoreV1Api(client).delete_namespace(name)
+    except ApiException as exc:
+        if exc.status != 404:
             raise
 
 

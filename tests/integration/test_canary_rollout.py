@@ -30,8 +30,9 @@ pytestmark = pytest.mark.integration
 MODEL = "classifier"
 STABLE = "31.0"
 PLAYBOOKS = cs.REPO / "playbooks"
+# 2 s iterations, a 6 s window: a canary that has just got its first requests still has a sample
 SUCCESS = {"name": "success-rate", "template": "torchserve-success-rate", "threshold_range": {"min": 95},
-           "min_request_volume": 3}
+           "min_request_volume": 1}
 LATENCY = {"name": "latency-p99", "template": "torchserve-latency-p99", "threshold_range": {"max": 200}}
 
 
@@ -52,11 +53,24 @@ def sender(ts):
     return send
 
 
-def setup_app(bed, app, canary_version, canary_replicas=0):
-    k8s, _ts, _prom, client = bed
-    ns = k8s.fresh_namespace("cr")
-    cs.apply_all(client, ns, cs.canary_objects(app, STABLE, canary_version, canary_replicas=canary_replicas))
-    return ns
+@pytest.fixture
+def namespaces(bed):
+    """Namespaces made by a test, deleted after it."""
+    made = []
+    yield made
+    for ns in made:
+        cs.delete_namespace(bed[3], ns)
+
+
+@pytest.fixture
+def setup_app(bed, namespaces):
+    def _setup(app, canary_version, canary_replicas=0):
+        k8s, _ts, _prom, client = bed
+        ns = k8s.fresh_namespace("cr")
+        namespaces.append(ns)
+        cs.apply_all(client, ns, cs.canary_objects(app, STABLE, canary_version, canary_replicas=canary_replicas))
+        return ns
+    return _setup
 
 
 def archive_in_store(ts, version, fail_rate=0.0, delay_ms=0):
@@ -77,7 +91,7 @@ def playbook_vars(bed, ns, app, version, url, **extra):
              canary_model=MODEL, canary_version=version, canary_model_url=url,
              canary_torchserve_management_url=ts.info["management_url"], canary_prometheus_url=prom.url,
              canary_interval=2, canary_threshold=2, canary_step_weight=20, canary_max_weight=60,
-             canary_progress_deadline=60, canary_metrics_interval="4s", canary_checks=[SUCCESS, LATENCY])
+             canary_progress_deadline=60, canary_metrics_interval="6s", canary_checks=[SUCCESS, LATENCY])
     v.update(extra)
     return v
 
@@ -87,7 +101,7 @@ def rollout_task(bed, ns, app, version, **extra):
     args = dict(kubeconfig=k8s.kubeconfig, namespace=ns, virtual_service=app, revision=version,
                 stable_deployment=f"{app}-stable", canary_deployment=f"{app}-canary", model=MODEL,
                 prometheus_url=prom.url, interval=2, threshold=2, step_weight=20, max_weight=60,
-                progress_deadline=60, metrics_interval="4s", checks=[SUCCESS, LATENCY])
+                progress_deadline=60, metrics_interval="6s", checks=[SUCCESS, LATENCY])
     args.update(extra)
     return args
 
@@ -104,10 +118,10 @@ def actions(progress):
     return [e["action"] for e in progress]
 
 
-def test_healthy_canary_is_promoted_by_the_playbook(bed, tmp_path):
+def test_healthy_canary_is_promoted_by_the_playbook(bed, setup_app, tmp_path):
     k8s, ts, _prom, client = bed
     app, version = "resnet-ok", "32.0"
-    ns = setup_app(bed, app, version)
+    ns = setup_app(app, version)
     url = archive_in_store(ts, version)
     load = cs.LoadGenerator(client, ns, app, sender(ts), rps=20)
     load.start()
@@ -143,10 +157,10 @@ def test_healthy_canary_is_promoted_by_the_playbook(bed, tmp_path):
     ts.set_default(STABLE)
 
 
-def test_5xx_canary_is_rolled_back_and_the_play_fails(bed, tmp_path):
+def test_5xx_canary_is_rolled_back_and_the_play_fails(bed, setup_app, tmp_path):
     k8s, ts, _prom, client = bed
     app, version = "resnet-5xx", "33.0"
-    ns = setup_app(bed, app, version)
+    ns = setup_app(app, version)
     url = archive_in_store(ts, version, fail_rate=0.5)
     load = cs.LoadGenerator(client, ns, app, sender(ts), rps=20)
     load.start()
@@ -169,10 +183,10 @@ def test_5xx_canary_is_rolled_back_and_the_play_fails(bed, tmp_path):
     assert load.snapshot()["errors"].get(version, 0) > 0
 
 
-def test_slow_canary_is_rolled_back_on_latency(bed, tmp_path):
+def test_slow_canary_is_rolled_back_on_latency(bed, setup_app, tmp_path):
     _k8s, ts, _prom, client = bed
     app, version = "resnet-slow", "34.0"
-    ns = setup_app(bed, app, version)
+    ns = setup_app(app, version)
     ts.register(version, delay_ms=300)
     load = cs.LoadGenerator(client, ns, app, sender(ts), rps=20)
     load.start()
@@ -188,11 +202,11 @@ def test_slow_canary_is_rolled_back_on_latency(bed, tmp_path):
 
 
 @pytest.mark.parametrize("policy", ["fail", "hold"])
-def test_no_traffic_follows_on_no_data(bed, tmp_path, policy):
+def test_no_traffic_follows_on_no_data(bed, setup_app, tmp_path, policy):
     """No load generator: the canary gets no requests, every metric check is no_data."""
     _k8s, ts, _prom, client = bed
     app, version = f"resnet-idle-{policy}", "35.0"
-    ns = setup_app(bed, app, version)
+    ns = setup_app(app, version)
     ts.register(version)
     out = run_rollout(tmp_path, rollout_task(bed, ns, app, version, on_no_data=policy, progress_deadline=8))
     assert out["status"] == "rolled_back", out
@@ -207,10 +221,10 @@ def test_no_traffic_follows_on_no_data(bed, tmp_path, policy):
     assert cs.read_weights(client, ns, app) == {"stable": 100, "canary": 0}
 
 
-def test_prometheus_killed_mid_rollout_never_promotes(bed, prometheus_factory, tmp_path):
+def test_prometheus_killed_mid_rollout_never_promotes(bed, setup_app, prometheus_factory, tmp_path):
     _k8s, ts, _prom, client = bed
     app, version = "resnet-promkill", "36.0"
-    ns = setup_app(bed, app, version)
+    ns = setup_app(app, version)
     ts.register(version)
     doomed = prometheus_factory(targets=[ts.info["metrics_target"]], scrape_interval="1s")
     load = cs.LoadGenerator(client, ns, app, sender(ts), rps=20)
@@ -234,10 +248,10 @@ def test_prometheus_killed_mid_rollout_never_promotes(bed, prometheus_factory, t
     assert cs.read_weights(client, ns, app) == {"stable": 100, "canary": 0}
 
 
-def test_interrupted_rollout_resumes_from_observed_weight(bed, tmp_path):
+def test_interrupted_rollout_resumes_from_observed_weight(bed, setup_app, tmp_path):
     k8s, ts, _prom, client = bed
     app, version = "resnet-resume", "37.0"
-    ns = setup_app(bed, app, version)
+    ns = setup_app(app, version)
     ts.register(version)
     load = cs.LoadGenerator(client, ns, app, sender(ts), rps=20)
     load.start()
@@ -261,10 +275,10 @@ def test_interrupted_rollout_resumes_from_observed_weight(bed, tmp_path):
     assert cs.read_weights(client, ns, app) == {"stable": 100, "canary": 0}
 
 
-def test_check_mode_reports_first_step_without_changing_anything(bed, tmp_path):
+def test_check_mode_reports_first_step_without_changing_anything(bed, setup_app, tmp_path):
     _k8s, ts, _prom, client = bed
     app, version = "resnet-check", "32.0"
-    ns = setup_app(bed, app, version)
+    ns = setup_app(app, version)
     before = cs.get_vs(client, ns, app)["metadata"]["resourceVersion"]
     out = run_rollout(tmp_path, rollout_task(bed, ns, app, version), check=True)
     assert out["status"] == "planned" and out["changed"] is True, out
@@ -274,10 +288,10 @@ def test_check_mode_reports_first_step_without_changing_anything(bed, tmp_path):
     assert cs.read_deployment(client, ns, f"{app}-canary")["spec"]["replicas"] == 0
 
 
-def test_rollback_after_promotion_restores_the_previous_version(bed, tmp_path):
+def test_rollback_after_promotion_restores_the_previous_version(bed, setup_app, tmp_path):
     _k8s, ts, _prom, client = bed
     app, version = "resnet-undo", "38.0"
-    ns = setup_app(bed, app, version)
+    ns = setup_app(app, version)
     url = archive_in_store(ts, version)
     load = cs.LoadGenerator(client, ns, app, sender(ts), rps=20)
     load.start()
@@ -300,13 +314,13 @@ def test_rollback_after_promotion_restores_the_previous_version(bed, tmp_path):
     assert again["rc"] == 0 and task2["changed"] is False, task2
 
 
-def test_rbac_documented_role_runs_a_rollout(bed, tmp_path):
+def test_rbac_documented_role_runs_a_rollout(bed, setup_app, tmp_path):
     """A ServiceAccount holding exactly docs/canary.md's Role drives a rollout (gate: the canary
     Deployment is available, read with the same identity); without update on VirtualServices it fails
     with the API's 403 message."""
     k8s, _ts, _prom, client = bed
     app = "resnet-rbac"
-    ns = setup_app(bed, app, "32.0")
+    ns = setup_app(app, "32.0")
     kc = k8s.make_sa_kubeconfig(ns, "canary-operator", cs.documented_rbac_rules())
     check = {"name": "canary-available", "kind": "deployment_available", "namespace": ns,
              "deployment": f"{app}-canary"}

@@ -23,7 +23,8 @@ def admin(k8s):
 def ns(k8s, admin):
     name = k8s.fresh_namespace("ts")
     cs.apply_all(admin, name, cs.canary_objects("resnet", "1.0", "2.0", canary_weight=0))
-    return name
+    yield name
+    cs.delete_namespace(admin, name)
 
 
 def split(tmp_path, kubeconfig, ns, weights, check=False, **extra):
@@ -120,6 +121,7 @@ def test_flagger_or_argo_owned_virtualservice_is_refused_unless_forced(k8s, admi
     forced = split(tmp_path, k8s.kubeconfig, ns, {"stable": 90, "canary": 10}, force=True)
     assert forced["changed"] is True, forced
     assert cs.read_weights(admin, ns, "resnet") == {"stable": 90, "canary": 10}
+    cs.delete_namespace(admin, ns)
 
 
 def test_rbac_documented_role_is_enough_and_without_update_fails_clearly(k8s, admin, ns, tmp_path):
