@@ -74,7 +74,7 @@ def one_run(bed, idx, args, faulty):
     cs.apply_all(client, ns, cs.canary_objects(app, "90.0", version, canary_replicas=0))
     ts.register(version)
     success = {"name": "success-rate", "template": "torchserve-success-rate",
-               "threshold_range": {"min": args.min_success}, "min_request_volume": 3}
+               "threshold_range": {"min": args.min_success}, "min_request_volume": 1}
     params = params_for(mod.argument_spec(), kubeconfig=k8s.kubeconfig, namespace=ns, virtual_service=app,
                         revision=version, stable_deployment=app + "-stable", canary_deployment=app + "-canary",
                         model="classifier", prometheus_url=prom.url, interval=args.interval,
@@ -122,7 +122,7 @@ def main():
     ap.add_argument("--threshold", type=int, default=2)
     ap.add_argument("--step-weight", type=int, default=10)
     ap.add_argument("--max-weight", type=int, default=50)
-    ap.add_argument("--metrics-interval", default="3s")
+    ap.add_argument("--metrics-interval", default="4s")
     ap.add_argument("--min-success", type=float, default=95.0)
     ap.add_argument("--fault-at", type=int, default=20)
     ap.add_argument("--fail-rate", type=float, default=0.5)
