@@ -326,7 +326,7 @@ def test_rbac_documented_role_runs_a_rollout(bed, setup_app, tmp_path):
              "deployment": f"{app}-canary"}
     args = dict(kubeconfig=kc, namespace=ns, virtual_service=app, revision="32.0",
                 stable_deployment=f"{app}-stable", canary_deployment=f"{app}-canary", interval=2,
-                threshold=2, step_weight=50, max_weight=50, progress_deadline=60, checks=[check])
+                threshold=5, step_weight=50, max_weight=50, progress_deadline=60, checks=[check])
     out = run_rollout(tmp_path, args)
     assert out["status"] == "promoted", out
     assert cs.deployment_version(cs.read_deployment(client, ns, f"{app}-stable")) == "32.0"
