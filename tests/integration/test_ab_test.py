@@ -15,6 +15,8 @@ def ab_bed(torchserve, prometheus_factory):
     for v, fr in (("41.0", 0.0), ("42.0", 0.0), ("43.0", 0.08)):
         ts.register(v, fail_rate=fr)
     prom = prometheus_factory(targets=[ts.info["metrics_target"]], scrape_interval="1s")
+    for v in ("41.0", "42.0", "43.0"):  # baseline sample before traffic (increase() needs two)
+        prom.wait_for_series('gpuops_requests_total{model_version="%s"}' % v, timeout=60)
     # a fixed 1:1:1 split of 300 requests per version
     for _i in range(300):
         for v in ("41.0", "42.0", "43.0"):
