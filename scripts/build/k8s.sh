@@ -41,6 +41,13 @@ BUILD_ROOT="$GPUOPS_CACHE/build/k8s"
 STAMPS="$GPUOPS_BIN/.stamps"
 TIMES="$BUILD_ROOT/build-times.tsv"
 mkdir -p "$BUILD_ROOT" "$STAMPS"
+# One build at a time (scripts/build/k8s-mirror.sh calls this script too): a second caller waits,
+# then finds the stamps up to date.
+exec 9>"$BUILD_ROOT/.lock"
+if ! flock -n 9; then
+  printf '==> [k8s.sh %s] another k8s.sh build is running; waiting for it\n' "$(date +%T)"
+  flock 9
+fi
 
 export GOTOOLCHAIN=local                  # never download another toolchain
 export CGO_ENABLED=0                      # static binaries, like the upstream release builds
