@@ -9,6 +9,8 @@ Needs: scripts/build/torchserve.sh, Java 17, /usr/bin/prometheus.
 import pytest
 
 from tests.testbed import common
+from tests.testbed.model import build
+from tests.testbed.prometheus import scrape_configs
 from tests.testbed.torchserve import TorchServe, http
 
 pytestmark = pytest.mark.integration
@@ -192,3 +194,26 @@ def test_prometheus_kill_and_restart(serving, prometheus_factory):
     assert prom.info["port"] == port
     # the TSDB survived the SIGKILL (WAL replay) and scraping resumes
     prom.wait_for_series(f"gpuops_requests_total{{{sel(HEALTHY)}}}", timeout=60)
+
+
+def test_scrape_configs_group_targets_and_reject_unknown_keys():
+    cfgs = scrape_configs(["127.0.0.1:1", {"target": "127.0.0.1:2", "labels": {"track": "canary"}},
+                           {"target": "127.0.0.1:3", "metrics_path": "/stats"}], "1s")
+    assert [c["job_name"] for c in cfgs] == ["testbed", "testbed-1"]
+    assert cfgs[0]["static_configs"] == [{"targets": ["127.0.0.1:1"]},
+                                         {"targets": ["127.0.0.1:2"], "labels": {"track": "canary"}}]
+    assert cfgs[1]["metrics_path"] == "/stats"
+    with pytest.raises(ValueError, match="unknown keys"):
+        scrape_configs([{"target": "127.0.0.1:1", "label": {}}], "1s")
+    with pytest.raises(ValueError, match="names no 'target'"):
+        scrape_configs([{"labels": {"a": "b"}}], "1s")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"version": "2.0", "fail_rate": 1.5, "delay_ms": 0}, "fail_rate"),
+    ({"version": "2.0", "fail_rate": 0.1, "delay_ms": -1}, "delay_ms"),
+    ({"version": "2.0/../x", "fail_rate": 0.1, "delay_ms": 0}, "model version"),
+])
+def test_archive_builder_rejects_bad_faults(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build.build_archive(**kwargs)

@@ -120,11 +120,18 @@ class ClassifierHandler:
                 self.model(torch.zeros(1, 4))
         self.metrics = context.metrics
         dims = [self.model_name, self.version]
-        self.metrics.add_metric_to_cache(REQUESTS, "Count", DIMENSIONS, MetricTypes.COUNTER).add_or_update(0, dims)
-        self.metrics.add_metric_to_cache(ERRORS, "Count", DIMENSIONS, MetricTypes.COUNTER).add_or_update(0, dims)
-        self.metrics.add_metric_to_cache(LATENCY, "Seconds", DIMENSIONS, MetricTypes.HISTOGRAM)
+        self._metric(REQUESTS, "Count", MetricTypes.COUNTER).add_or_update(0, dims)
+        self._metric(ERRORS, "Count", MetricTypes.COUNTER).add_or_update(0, dims)
+        self._metric(LATENCY, "Seconds", MetricTypes.HISTOGRAM)
         logger.info("gpuops: loaded %s %s with faults %s", self.model_name, self.version, self.base)
         self.initialized = True
+
+    def _metric(self, name, unit, metric_type):
+        """The metric declared in metrics.yaml (the worker loads it), or add it to the cache."""
+        try:
+            return self.metrics.get_metric(name, metric_type)
+        except Exception:  # MetricsCacheKeyError: not declared (e.g. another metrics_config)
+            return self.metrics.add_metric_to_cache(name, unit, DIMENSIONS, metric_type)
 
     def _should_fail(self, fail_rate):
         self.seen += 1
