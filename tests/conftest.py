@@ -1,5 +1,6 @@
 """Root pytest configuration: makes the collection importable and loads test-bed fixtures."""
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -9,7 +10,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 _CACHE = Path(os.environ.get("GPUOPS_CACHE", str(Path.home() / ".cache" / "gpuops")))
 # ansible_collections.gpuops.cluster -> this checkout (scripts/env.sh makes the same link)
-_COLL = _CACHE / "collections" / "pytest"
+# one link per checkout, so two trees (a clone, a copy) never import each other's code
+_COLL = _CACHE / "collections" / ("pytest-" + hashlib.md5(str(REPO).encode()).hexdigest()[:8])
 _link = _COLL / "ansible_collections" / "gpuops" / "cluster"
 _link.parent.mkdir(parents=True, exist_ok=True)
 if not _link.is_symlink() or _link.resolve() != REPO:

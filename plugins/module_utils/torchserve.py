@@ -82,7 +82,8 @@ class TorchServeClient:
         text = body.decode("utf-8", "replace") if isinstance(body, bytes) else (body or "")
         if status not in ok:
             hint = ""
-            if status in (401, 403):
+            # TorchServe 0.12 answers a missing/wrong key with 400 InvalidKeyException (older: 401)
+            if status in (401, 403) or (status == 400 and "InvalidKeyException" in text):
                 hint = " (token authorization is on: give the management key or key file)"
             raise TorchServeError("%s %s -> HTTP %s%s: %s" % (method, path, status, hint, text.strip()[:500]),
                                   status=status)
