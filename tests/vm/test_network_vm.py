@@ -13,7 +13,7 @@ import pytest
 
 from tests.vm.harness import record_timing
 
-pytestmark = [pytest.mark.vm, pytest.mark.slow]
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(2700)]
 
 GOOD = {
     "gpuops_networks": {

@@ -11,7 +11,7 @@ import pytest
 
 from tests.vm.harness import record_timing
 
-pytestmark = [pytest.mark.vm, pytest.mark.slow]
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(2700)]
 
 SERIALS = ["GPUOPSA0", "GPUOPSA1", "GPUOPSB0", "GPUOPSB1"]
 
