@@ -1,0 +1,85 @@
+"""Molecule scenarios of every role, on podman systemd nodes (the issue's self-test).
+
+Each role with ``roles/<role>/molecule/default`` gets one test, discovered at collection time:
+``molecule test`` must exit 0 (destroy, syntax, create, prepare, check, converge, idempotence,
+verify, destroy; see .config/molecule/config.yml) and leave none of its nodes behind.
+
+Run: ``python -m pytest -m molecule tests/integration/test_molecule.py [-k os_baseline]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("GPUOPS_CACHE", str(Path.home() / ".cache" / "gpuops")))
+LOG_DIR = Path(os.environ.get("GPUOPS_TESTBED_DIR", "/tmp/gpuops-testbed")) / "molecule"
+RESULTS = CACHE / "results" / "molecule.jsonl"
+# A scenario on 2 busy shared cores can take several minutes (apt installs in the node).
+SCENARIO_TIMEOUT = int(os.environ.get("GPUOPS_MOLECULE_TIMEOUT", "1800"))
+
+
+def _scenarios():
+    return sorted(p.parents[1].name for p in REPO.glob("roles/*/molecule/default/molecule.yml"))
+
+
+def _platform_names(role: str):
+    data = yaml.safe_load((REPO / "roles" / role / "molecule" / "default" / "molecule.yml").read_text()) or {}
+    return [p["name"] for p in data.get("platforms", [])]
+
+
+def _env():
+    env = dict(os.environ)
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+    env["ANSIBLE_ROLES_PATH"] = str(REPO / "roles")
+    env.setdefault("ANSIBLE_COLLECTIONS_PATH", os.environ.get("ANSIBLE_COLLECTIONS_PATH", ""))
+    env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
+    env["ANSIBLE_FORCE_COLOR"] = "false"
+    env["PY_COLORS"] = "0"
+    env["NO_COLOR"] = "1"
+    return env
+
+
+def test_scenarios_are_discovered():
+    """os_baseline ships a scenario; discovery must find it (guards the glob above)."""
+    assert "os_baseline" in _scenarios()
+
+
+@pytest.mark.molecule
+@pytest.mark.slow
+@pytest.mark.timeout(SCENARIO_TIMEOUT + 120)
+@pytest.mark.parametrize("role", _scenarios())
+def test_molecule_scenario(role):
+    for binary in ("podman", "runc"):
+        if not shutil.which(binary):
+            pytest.fail(f"{binary} is missing: run scripts/setup base")
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = LOG_DIR / f"{role}.log"
+    t0 = time.monotonic()
+    with open(log, "wb") as out:
+        proc = subprocess.run(
+            ["timeout", "--kill-after=30", str(SCENARIO_TIMEOUT), sys.executable, "-m", "molecule", "test"],
+            cwd=REPO / "roles" / role, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, check=False)
+    seconds = round(time.monotonic() - t0, 1)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS, "a") as res:
+        res.write(json.dumps({"role": role, "rc": proc.returncode, "seconds": seconds,
+                              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+    text = log.read_text(errors="replace")
+    tail = "\n".join(text.splitlines()[-80:])
+    assert proc.returncode == 0, f"molecule test of {role} failed (rc={proc.returncode}, {seconds}s, log {log}):\n{tail}"
+    assert "Idempotence completed successfully" in text, f"{role}: idempotence step did not run:\n{tail}"
+    leftovers = [n for n in _platform_names(role)
+                 if subprocess.run(["podman", "container", "exists", n], check=False).returncode == 0]
+    assert not leftovers, f"{role}: molecule destroy left nodes behind: {leftovers}"
