@@ -5,6 +5,10 @@
 #
 #   mirror/release/vX.Y.Z/bin/linux/amd64/{kubeadm,kubelet,kubectl}{,.sha256}    (dl.k8s.io layout)
 #   mirror/containerd/vA.B.C/containerd-A.B.C-linux-amd64.tar.gz{,.sha256sum}    (release layout)
+#   mirror/core:/stable:/vX.Y/deb/{InRelease,Release,Release.gpg,Release.key,Packages{,.gz}}
+#   mirror/core:/stable:/vX.Y/deb/amd64/{kubeadm,kubelet,kubectl}_X.Y.Z-1.1_amd64.deb
+#                                    (pkgs.k8s.io apt layout: flat repo, suite "/", signed by a local
+#                                     test key made here; .debs packed from the Go-built binaries)
 #   mirror/SHA256SUMS                                                           (all of the above)
 #
 # kubeadm/kubelet/kubectl are the Go-built binaries of scripts/build/k8s.sh ($GPUOPS_BIN), which is
@@ -17,6 +21,7 @@
 #   bash scripts/build/k8s-mirror.sh                 everything
 #   bash scripts/build/k8s-mirror.sh containerd      only the containerd tarball
 #   bash scripts/build/k8s-mirror.sh kubernetes      only the kubernetes binaries
+#   bash scripts/build/k8s-mirror.sh apt             only the signed apt repository (needs kubernetes)
 #   bash scripts/build/k8s-mirror.sh serve DIR [LIFETIME]   serve $GPUOPS_CACHE/mirror over HTTP on
 #        127.0.0.1 (free port, bounded lifetime, default 1800 s) with the test-bed plumbing; prints the
 #        URL and writes DIR/state.json (+ DIR/url)
@@ -103,6 +108,111 @@ kubernetes_binaries() {
   log "kubernetes $K8S_VERSION binaries in $dir"
 }
 
+# A signed flat apt repository with the pkgs.k8s.io layout, from the Go-built binaries.
+# The .debs carry the same files as the upstream packages (binary, kubelet unit, kubeadm drop-in);
+# their Depends name only Debian packages (no kubernetes-cni/cri-tools in this mirror).
+apt_repo() {
+  local ver="${K8S_VERSION#v}" minor rel="1.1" repo gh="$BUILD/gnupg" stamp b
+  minor="$(printf '%s' "$ver" | cut -d. -f1,2)"
+  repo="$MIRROR/core:/stable:/v$minor/deb"
+  stamp="$ver-$rel $(cd "$MIRROR/release/$K8S_VERSION/bin/linux/$ARCH" && cat kubeadm.sha256 kubelet.sha256 kubectl.sha256 | sha256sum | cut -c1-16)"
+  if [ -f "$repo/InRelease" ] && [ "$(cat "$repo/.stamp" 2>/dev/null)" = "$stamp" ]; then
+    log "apt repository $repo up to date"
+    return 0
+  fi
+  command -v gpg >/dev/null || die "gpg not found (apt-get install gnupg)"
+  mkdir -p "$repo/$ARCH" "$gh"
+  chmod 700 "$gh"
+  if ! gpg --homedir "$gh" --batch --list-secret-keys gpuops-mirror >/dev/null 2>&1; then
+    log "creating the local test signing key (no passphrase, test use only)"
+    gpg --homedir "$gh" --batch --passphrase '' --quick-gen-key \
+      'gpuops test apt mirror (NOT for production) <gpuops-mirror@invalid>' rsa3072 sign 1y
+  fi
+  gpg --homedir "$gh" --batch --armor --export gpuops-mirror > "$repo/Release.key"
+  for b in kubeadm kubelet kubectl; do
+    local root="$BUILD/deb/$b" deps desc
+    rm -rf "$root"; mkdir -p "$root/DEBIAN" "$root/usr/bin"
+    cp "$MIRROR/release/$K8S_VERSION/bin/linux/$ARCH/$b" "$root/usr/bin/$b"
+    case "$b" in
+      kubelet)
+        deps="iptables, iproute2, mount, ethtool, conntrack, socat"
+        desc="Kubernetes Node Agent"
+        mkdir -p "$root/usr/lib/systemd/system"
+        cat > "$root/usr/lib/systemd/system/kubelet.service" <<'UNIT'
+[Unit]
+Description=kubelet: The Kubernetes Node Agent
+Documentation=https://kubernetes.io/docs/
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+ExecStart=/usr/bin/kubelet
+Restart=always
+StartLimitInterval=0
+RestartSec=10
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+        ;;
+      kubeadm)
+        deps="kubelet (>= 1.19.0), kubectl (>= 1.13.0)"
+        desc="Command-line utility for administering a Kubernetes cluster"
+        mkdir -p "$root/usr/lib/systemd/system/kubelet.service.d"
+        cat > "$root/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf" <<'UNIT'
+[Service]
+Environment="KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf"
+Environment="KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml"
+EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env
+EnvironmentFile=-/etc/default/kubelet
+ExecStart=
+ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS
+UNIT
+        ;;
+      kubectl) deps=""; desc="Command-line utility for interacting with a Kubernetes cluster" ;;
+    esac
+    {
+      printf 'Package: %s\nVersion: %s-%s\nArchitecture: %s\n' "$b" "$ver" "$rel" "$ARCH"
+      printf 'Maintainer: gpuops.cluster test mirror <gpuops-mirror@invalid>\n'
+      printf 'Installed-Size: %s\nSection: admin\nPriority: optional\n' "$(du -sk "$root/usr" | cut -f1)"
+      [ -n "$deps" ] && printf 'Depends: %s\n' "$deps"
+      printf 'Homepage: https://kubernetes.io\nDescription: %s\n' "$desc"
+      printf ' Built by gpuops.cluster scripts/build/k8s-mirror.sh from Go-built %s %s.\n' "$b" "$K8S_VERSION"
+    } > "$root/DEBIAN/control"
+    nice -n 10 dpkg-deb --root-owner-group -Zgzip -z1 --build "$root" "$repo/$ARCH/${b}_${ver}-${rel}_${ARCH}.deb" >/dev/null
+  done
+  # Packages and Release (what dpkg-scanpackages / apt-ftparchive would write).
+  "$GPUOPS_VENV/bin/python" - "$repo" "$ARCH" <<'PY'
+import gzip, hashlib, subprocess, sys, time
+from pathlib import Path
+repo, arch = Path(sys.argv[1]), sys.argv[2]
+entries = []
+for deb in sorted((repo / arch).glob("*.deb")):
+    data = deb.read_bytes()
+    control = subprocess.run(["dpkg-deb", "-f", str(deb)], check=True, capture_output=True, text=True).stdout.rstrip("\n")
+    entries.append(control + f"\nFilename: {arch}/{deb.name}\nSize: {len(data)}\n"
+                   f"MD5sum: {hashlib.md5(data).hexdigest()}\nSHA1: {hashlib.sha1(data).hexdigest()}\n"
+                   f"SHA256: {hashlib.sha256(data).hexdigest()}\n")
+packages = "\n".join(entries).encode()
+(repo / "Packages").write_bytes(packages)
+(repo / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
+lines = {"MD5Sum": hashlib.md5, "SHA1": hashlib.sha1, "SHA256": hashlib.sha256}
+release = [f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S UTC', time.gmtime())}", f"Architectures: {arch}"]
+for field, fn in lines.items():
+    release.append(f"{field}:")
+    for name in ("Packages", "Packages.gz"):
+        blob = (repo / name).read_bytes()
+        release.append(f" {fn(blob).hexdigest()} {len(blob)} {name}")
+(repo / "Release").write_text("\n".join(release) + "\n")
+PY
+  rm -f "$repo/InRelease" "$repo/Release.gpg"
+  gpg --homedir "$gh" --batch --yes --local-user gpuops-mirror --clearsign -o "$repo/InRelease" "$repo/Release"
+  gpg --homedir "$gh" --batch --yes --local-user gpuops-mirror -abs -o "$repo/Release.gpg" "$repo/Release"
+  printf '%s' "$stamp" > "$repo/.stamp"
+  rm -rf "$BUILD/deb"
+  log "apt repository (pkgs.k8s.io layout) in $repo"
+}
+
 sums() {
   (cd "$MIRROR" && find . -type f \( -name 'kube*' -o -name '*.tar.gz' \) ! -name '*.sha256*' ! -name '*.stamp' \
      -printf '%P\n' | sort | xargs -r sha256sum > SHA256SUMS.tmp && mv -f SHA256SUMS.tmp SHA256SUMS)
@@ -153,12 +263,13 @@ case "${1:-}" in
 esac
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(containerd kubernetes)
+[ ${#parts[@]} -eq 0 ] && parts=(containerd kubernetes apt)
 for p in "${parts[@]}"; do
   case "$p" in
     containerd) containerd_tarball ;;
     kubernetes) kubernetes_binaries ;;
-    *) die "unknown part '$p' (known: containerd kubernetes)" ;;
+    apt) apt_repo ;;
+    *) die "unknown part '$p' (known: containerd kubernetes apt)" ;;
   esac
 done
 sums
