@@ -140,6 +140,18 @@ def get_api_client(params):
     return kubernetes.client.ApiClient(configuration=cfg)
 
 
+def connection_error_message(exc):
+    """A message for a failure to reach the API server (refused, DNS, TLS), or None for other errors."""
+    try:
+        import urllib3
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        reason = getattr(exc, "reason", None) or exc
+        return "cannot reach the Kubernetes API server: %s" % reason
+    return None
+
+
 def api_error_message(exc):
     """A one-line, human message for an ApiException (status, reason and the API's message)."""
     status = getattr(exc, "status", None)

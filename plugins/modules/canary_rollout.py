@@ -309,7 +309,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
 from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_client import (
-    ApiException, DeploymentOps, K8sClientError, api_error_message, get_api_client, k8s_auth_argument_spec,
+    ApiException, DeploymentOps, K8sClientError, api_error_message, connection_error_message, get_api_client, k8s_auth_argument_spec,
     require_kubernetes)
 from ansible_collections.gpuops.cluster.plugins.module_utils.traffic import (
     IstioRoutes, TrafficError, set_traffic)
@@ -486,6 +486,9 @@ def main():
     except ApiException as exc:
         module.fail_json(msg="Kubernetes API error: %s" % api_error_message(exc), status_code=exc.status)
     except Exception as exc:  # pylint: disable=broad-except
+        unreachable = connection_error_message(exc)
+        if unreachable:
+            module.fail_json(msg=unreachable)
         module.fail_json(msg="unexpected error: %s" % exc, exception=traceback.format_exc())
     finally:
         if log_file[0] is not None:

@@ -126,7 +126,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_client import (
-    ApiException, K8sClientError, api_error_message, get_api_client, k8s_auth_argument_spec,
+    ApiException, K8sClientError, api_error_message, connection_error_message, get_api_client, k8s_auth_argument_spec,
     require_kubernetes)
 from ansible_collections.gpuops.cluster.plugins.module_utils.traffic import (
     IstioRoutes, TrafficError, set_traffic)
@@ -159,6 +159,9 @@ def main():
                          % (p["namespace"], p["name"], api_error_message(exc)),
                          status=exc.status)
     except Exception as exc:  # pylint: disable=broad-except
+        unreachable = connection_error_message(exc)
+        if unreachable:
+            module.fail_json(msg=unreachable)
         module.fail_json(msg="unexpected error: %s" % exc, exception=traceback.format_exc())
 
     obj = res.get("object") or {}
