@@ -30,6 +30,7 @@ def run(tmp_path, args, check=False, name="ts"):
 
 def test_register_scale_default_unregister(torchserve, tmp_path):
     ts = torchserve
+    ts.register("30.0")  # another version: the first registered one becomes the default
     url = stage_archive(ts, "31.0")
     base = dict(management_url=ts.info["management_url"], model=MODEL, version="31.0")
 
@@ -49,14 +50,16 @@ def test_register_scale_default_unregister(torchserve, tmp_path):
     assert ts.ready_workers("31.0") == 2
 
     old_default = ts.default_version()
+    assert old_default != "31.0"
     made_default = run(tmp_path, dict(base, state="default", min_workers=2, max_workers=2))
     assert made_default["actions"] == ["set_default"] and made_default["default_version"] == "31.0"
     assert ts.default_version() == "31.0"
 
-    if old_default and old_default != "31.0":
-        refused = run(tmp_path, dict(base, state="absent"))
-        assert refused.get("failed") and "set another default first" in refused["msg"]
-        run(tmp_path, dict(base, version=old_default, state="default", min_workers=None))
+    refused = run(tmp_path, dict(base, state="absent"))
+    assert refused.get("failed") and "set another default first" in refused["msg"]
+    assert ts.describe("31.0") is not None
+    back = run(tmp_path, dict(base, version=old_default, state="default"))
+    assert back["actions"] == ["set_default"] and ts.default_version() == old_default
 
     gone = run(tmp_path, dict(base, state="absent"))
     assert gone["changed"] and gone["actions"] == ["unregister"]
