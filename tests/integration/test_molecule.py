@@ -29,7 +29,7 @@ SCENARIO_TIMEOUT = int(os.environ.get("GPUOPS_MOLECULE_TIMEOUT", "1800"))
 
 
 def _scenarios():
-    return sorted(p.parents[1].name for p in REPO.glob("roles/*/molecule/default/molecule.yml"))
+    return sorted(p.parents[2].name for p in REPO.glob("roles/*/molecule/default/molecule.yml"))
 
 
 def _platform_names(role: str):
