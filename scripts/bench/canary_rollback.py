@@ -79,7 +79,8 @@ def one_run(bed, idx, args, faulty):
                         revision=version, stable_deployment=app + "-stable", canary_deployment=app + "-canary",
                         model="classifier", prometheus_url=prom.url, interval=args.interval,
                         threshold=args.threshold, step_weight=args.step_weight, max_weight=args.max_weight,
-                        progress_deadline=120, metrics_interval=args.metrics_interval, checks=[success])
+                        progress_deadline=120, metrics_interval=args.metrics_interval, checks=[success],
+                        on_no_data=args.on_no_data)
     rollout, _checks = mod.build_rollout(params, client, emit=None)
     load = cs.LoadGenerator(client, ns, app, lambda v: ts.predict(v, timeout=30)[0] < 500, rps=args.rps)
     watcher = Watcher(client, ns, app)
@@ -124,6 +125,9 @@ def main():
     ap.add_argument("--max-weight", type=int, default=50)
     ap.add_argument("--metrics-interval", default="4s")
     ap.add_argument("--min-success", type=float, default=95.0)
+    ap.add_argument("--on-no-data", default="hold", choices=["fail", "hold", "pass"],
+                    help="hold: a canary that just got its first requests has no samples for 1-2 short "
+                         "intervals; fail (Flagger's default) would count those as failed checks")
     ap.add_argument("--fault-at", type=int, default=20)
     ap.add_argument("--fail-rate", type=float, default=0.5)
     ap.add_argument("--rps", type=float, default=20.0)
@@ -183,8 +187,10 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     (out / "canary_rollback.json").write_text(json.dumps(summary, indent=2))
     print()
-    print("settings: interval %ss, threshold %d, step %d%%, max %d%%, fault %.0f%% 5xx at %d%% canary"
-          % (args.interval, args.threshold, args.step_weight, args.max_weight, args.fail_rate * 100, args.fault_at))
+    print("settings: interval %ss, threshold %d, step %d%%, max %d%%, window %s, on_no_data %s, "
+          "fault %.0f%% 5xx at %d%% canary" % (args.interval, args.threshold, args.step_weight, args.max_weight,
+                                                args.metrics_interval, args.on_no_data, args.fail_rate * 100,
+                                                args.fault_at))
     if times:
         print("fault onset -> 100%% stable: min %.2fs  median %.2fs  max %.2fs  (max %.2f intervals; target <= 2)"
               % (min(times), statistics.median(times), max(times), max(times) / args.interval))
