@@ -308,6 +308,13 @@ CASES: List[tuple] = [
      [["[wk01]", "gpuops_gpu", "not in gpu_nodes"]]),
     ("gpu-missing-on-gpu-node", hvar("gpu01", "gpuops_gpu", DELETE),
      [["[gpu01]", "gpuops_gpu", "not defined", "gpu_nodes"]]),
+    # options of the collection's other roles, typed by their meta/argument_specs.yml
+    ("role-option-bool-as-string", cvar("container_runtime_package_hold", "false"),
+     [["[all hosts]", "container_runtime_package_hold", "must be a bool", 'got "false"', "role container_runtime"]]),
+    ("role-option-bool-as-string-one-host", hvar("gpu01", "os_baseline_disable_swap", "yes"),
+     [["[gpu01]", "os_baseline_disable_swap", "must be a bool", "role os_baseline"]]),
+    ("role-option-not-a-choice", cvar("kubernetes_packages_mode", "snap"),
+     [["[all hosts]", "kubernetes_packages_mode", '"snap"', "not one of apt, binary"]]),
     # every problem at once, not one at a time
     ("several-problems-at-once",
      both(cvar("gpuops_control_plane_ha", "yes"), addr("gpu01", "cluster", "address", "10.10.1.21"),
