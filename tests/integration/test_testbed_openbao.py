@@ -54,7 +54,8 @@ def test_dev_wrong_token_is_denied(openbao_dev):
     bad = openbao_dev.client(token="not-a-token-" + _uid())
     assert not bad.is_authenticated()
     with pytest.raises(hvac.exceptions.Forbidden):
-        bad.secrets.kv.v2.read_secret_version(path="anything", mount_point="secret")
+        bad.secrets.kv.v2.read_secret_version(path="anything", mount_point="secret",
+                                              raise_on_deleted_version=True)
     resp = requests.get(f"{openbao_dev.addr}/v1/secret/data/anything",
                         headers={"X-Vault-Token": "not-a-token"}, timeout=10)
     assert resp.status_code == 403
@@ -100,7 +101,7 @@ def test_raft_secrets_files_are_private(openbao_raft):
 def test_raft_kv_v2_mount_write_read(openbao_raft):
     c = openbao_raft.client()
     mount = f"kv-{_uid()}"
-    c.sys.enable_secrets_engine(backend_type="kv", path=mount, options={"version": "2"})
+    openbao_raft.enable_kv_v2(mount)
     tune = c.sys.read_mount_configuration(path=mount)
     assert tune["data"]["options"]["version"] == "2"
     c.secrets.kv.v2.create_or_update_secret(path="db/creds", secret={"user": "u", "pw": "p1"},
@@ -122,7 +123,7 @@ def test_raft_wrong_token_is_denied(openbao_raft):
 def test_raft_restart_comes_back_sealed_and_keeps_data(openbao_raft):
     c = openbao_raft.client()
     mount = f"persist-{_uid()}"
-    c.sys.enable_secrets_engine(backend_type="kv", path=mount, options={"version": "2"})
+    openbao_raft.enable_kv_v2(mount)
     c.secrets.kv.v2.create_or_update_secret(path="keep", secret={"k": "before-restart"}, mount_point=mount)
     old_pid, old_addr = openbao_raft.info["pid"], openbao_raft.addr
 
@@ -131,7 +132,8 @@ def test_raft_restart_comes_back_sealed_and_keeps_data(openbao_raft):
     assert openbao_raft.addr == old_addr
     assert openbao_raft.is_sealed()
     with pytest.raises(hvac.exceptions.VaultDown):  # 503: sealed
-        openbao_raft.client().secrets.kv.v2.read_secret_version(path="keep", mount_point=mount)
+        openbao_raft.client().secrets.kv.v2.read_secret_version(path="keep", mount_point=mount,
+                                                                raise_on_deleted_version=True)
 
     openbao_raft.unseal()  # the stored keys from init.json
     assert not openbao_raft.is_sealed()

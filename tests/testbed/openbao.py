@@ -18,10 +18,12 @@ Two modes:
     in the work dir (mode 0700) so ``restart()`` and ``scripts/testbed`` can use them.
 
 Helpers: client(token=None) -> hvac.Client, health(), is_sealed(), seal(), unseal(keys=None),
+enable_kv_v2(mount) (mounts and waits until the engine answers),
 restart(unseal=True) (stop by PID, start on the same data dir: comes back sealed; unsealed again
 with the stored keys unless ``unseal=False``), rss_kib() from Component.
 
     bao = OpenBao(mode="raft", key_shares=3, key_threshold=2).start()
+    bao.enable_kv_v2("secret")          # raft starts with no KV mount; dev has KV v2 at secret/
     c = bao.client()
     c.secrets.kv.v2.create_or_update_secret(path="x", secret={"a": "b"}, mount_point="secret")
     bao.restart(unseal=False)   # sealed now; a role under test must unseal it
@@ -340,6 +342,17 @@ class OpenBao(Component):
         resp = requests.get(f"{self.addr}/v1/sys/health", timeout=5,
                             verify=self.ca_cert if self.ca_cert else True)
         return resp.status_code == 200  # 200 = initialized, unsealed and active
+
+    def enable_kv_v2(self, mount: str, token: Optional[str] = None) -> None:
+        """Mount a KV v2 engine at ``mount`` and wait until it serves requests.
+
+        A fresh KV mount first upgrades itself to versioned data in the background and refuses
+        requests meanwhile ("Upgrading from non-versioned to versioned data").
+        """
+        c = self.client(token=token)
+        c.sys.enable_secrets_engine(backend_type="kv", path=mount, options={"version": "2"})
+        wait_for(lambda: c.secrets.kv.v2.read_configuration(mount_point=mount) is not None,
+                 self.startup_timeout, f"KV v2 mount {mount!r} ready", procs=self.procs)
 
     def seal(self) -> None:
         if self.mode == "dev":
