@@ -287,9 +287,13 @@ class OpenBao(Component):
         self.auto_unseal = True
 
     def _initialize(self) -> None:
-        """operator init over the HTTP API; keys go to init.json (0600)."""
-        result = self.client(token="").sys.initialize(secret_shares=self.key_shares,
-                                                      secret_threshold=self.key_threshold)
+        """operator init over the HTTP API; keys go to init.json (0600).
+
+        Init (barrier keys + raft bootstrap) can take long on a loaded machine, and it cannot be
+        retried once the server has done it, so the request gets the whole startup budget.
+        """
+        c = self.client(token="", timeout=self.startup_timeout)
+        result = c.sys.initialize(secret_shares=self.key_shares, secret_threshold=self.key_threshold)
         data = {"root_token": result["root_token"], "unseal_keys": list(result["keys"]),
                 "unseal_keys_b64": list(result["keys_base64"]),
                 "key_shares": self.key_shares, "key_threshold": self.key_threshold}
@@ -319,11 +323,11 @@ class OpenBao(Component):
         return self.start()  # type: ignore[return-value]
 
     # -- API helpers --------------------------------------------------------
-    def client(self, token: Optional[str] = None):
+    def client(self, token: Optional[str] = None, timeout: float = 30.0):
         """An hvac client for this server (root token unless ``token`` is given)."""
         import hvac
         return hvac.Client(url=self.addr, token=self.token if token is None else token,
-                           verify=self.ca_cert if self.ca_cert else True, timeout=10)
+                           verify=self.ca_cert if self.ca_cert else True, timeout=timeout)
 
     def health(self) -> dict:
         """GET /v1/sys/health, whatever the state (sealed/standby/uninitialized are not errors)."""
@@ -367,7 +371,7 @@ class OpenBao(Component):
         keys = list(keys if keys is not None else self.unseal_keys)[: self.key_threshold]
         if len(keys) < self.key_threshold:
             raise TestbedError(f"unseal needs {self.key_threshold} keys, got {len(keys)}")
-        c = self.client(token="")
+        c = self.client(token="", timeout=self.startup_timeout)
         status: dict = {}
         for key in keys:
             status = c.sys.submit_unseal_key(key=key)
