@@ -109,6 +109,7 @@ class VM(Component):
             "-drive", f"file={root},if=virtio,format=qcow2,discard=unmap,detect-zeroes=unmap,cache=unsafe",
             "-netdev", f"user,id=mgmt,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
             "-device", "virtio-net-pci,netdev=mgmt,mac=52:54:00:6a:00:10",
+            "-device", "virtio-rng-pci",
         ]
         for i in range(self.extra_nics):
             argv += ["-netdev", f"user,id=n{i + 1},restrict=on",
@@ -179,9 +180,14 @@ class VM(Component):
             "ANSIBLE_FILTER_PLUGINS": ROLE_FILTERS,
         })
         t0 = time.monotonic()
-        res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, cwd=str(REPO))
-        out = res.stdout + res.stderr
-        (self.workdir / f"ansible-{tag}.log").write_text(" ".join(shlex.quote(a) for a in argv) + "\n" + out)
+        log = self.workdir / f"ansible-{tag}.log"
+        # streamed to the log file so a slow run can be followed with tail -f
+        with open(log, "w") as f:
+            f.write(" ".join(shlex.quote(a) for a in argv) + "\n")
+            f.flush()
+            res = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, text=True, env=env,
+                                 timeout=timeout, cwd=str(REPO))
+        out = log.read_text(errors="replace")
         return PlaybookResult(argv, res.returncode, out, time.monotonic() - t0)
 
 
