@@ -181,3 +181,26 @@ def test_raft_three_shares_threshold_two(tmp_path, keep_logs):
 def test_dev_and_raft_do_not_share_a_workdir(openbao_dev, openbao_raft):
     assert openbao_dev.workdir != openbao_raft.workdir
     assert openbao_dev.rss_kib() > 0 and openbao_raft.rss_kib() > 0
+
+
+def test_raft_workdir_is_resumed_by_a_new_component(tmp_path, keep_logs):
+    """What `scripts/testbed down` + `up` does: a new object on the old work dir keeps ports and data."""
+    wd = tmp_path / "bao"
+    first = OpenBao(mode="raft", name="openbao-raft-resume", workdir=wd, lifetime=600)
+    second = OpenBao(mode="raft", name="openbao-raft-resume", workdir=wd, lifetime=600)
+    try:
+        first.start()
+        first.enable_kv_v2("kv")
+        first.client().secrets.kv.v2.create_or_update_secret(path="p", secret={"a": "1"}, mount_point="kv")
+        addr, token = first.addr, first.token
+        first.stop()
+        second.start()
+        assert (second.addr, second.token) == (addr, token)
+        assert not second.is_sealed()
+        got = second.client().secrets.kv.v2.read_secret_version(path="p", mount_point="kv",
+                                                               raise_on_deleted_version=True)
+        assert got["data"]["data"] == {"a": "1"}
+    finally:
+        first.stop()
+        second.stop()
+        second.cleanup(keep_logs=keep_logs())
