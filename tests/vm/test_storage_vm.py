@@ -36,6 +36,7 @@ def signatures(vm, dev):
 def storage_vars(devs, force=()):
     return {
         "storage_assume_clean": True,
+        "storage_install_packages": False,  # the image has them; apt in TCG costs a minute per run
         "storage_force_wipe_devices": list(force),
         "storage_arrays": [
             {"name": "data", "level": 1, "devices": [devs["GPUOPSA0"], devs["GPUOPSA1"]]},

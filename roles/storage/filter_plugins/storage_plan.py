@@ -237,6 +237,27 @@ def storage_check_existing(arrays, md_state):
     return errors
 
 
+def storage_lvs_needing_fs(lvs, probed):
+    """LVs whose filesystem is not already the requested type (new LVs, or a mismatch the
+    filesystem module must report)."""
+    out = []
+    for lv in lvs or []:
+        info = (probed or {}).get("%s/%s" % (lv["vg"], lv["name"])) or {}
+        if info.get("fstype") != lv.get("fstype", "xfs"):
+            out.append(lv)
+    return out
+
+
+def storage_modes_differ(lvs, modes):
+    """LVs whose mount point mode differs from the requested one."""
+    out = []
+    for lv in lvs or []:
+        want = "%04o" % int(str(lv["mode"]), 8)
+        if (modes or {}).get(lv["mountpoint"]) != want:
+            out.append(lv)
+    return out
+
+
 class FilterModule(object):
     def filters(self):
         return {
@@ -244,4 +265,6 @@ class FilterModule(object):
             "storage_guard": storage_guard,
             "storage_check_existing": storage_check_existing,
             "storage_parse_mdadm_export": parse_mdadm_export,
+            "storage_lvs_needing_fs": storage_lvs_needing_fs,
+            "storage_modes_differ": storage_modes_differ,
         }
