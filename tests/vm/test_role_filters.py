@@ -151,3 +151,13 @@ def test_netplan_template_renders_valid_yaml():
     assert doc["vlans"]["bond0.200"] == {"id": 200, "link": "bond0", "mtu": 9000, "dhcp4": False, "dhcp6": False,
                                          "addresses": ["10.20.0.21/24"],
                                          "routes": [{"to": "default", "via": "10.20.0.1", "metric": 200}]}
+
+
+def test_storage_skips_work_the_probe_shows_done():
+    lvs = [{"name": "a", "vg": "vg", "fstype": "xfs", "mountpoint": "/a", "mode": "0755"},
+           {"name": "b", "vg": "vg", "fstype": "ext4", "mountpoint": "/b", "mode": "755"},
+           {"name": "c", "vg": "vg", "mountpoint": "/c", "mode": "0700"}]
+    probed = {"vg/a": {"fstype": "xfs"}, "vg/b": {"fstype": "xfs"}}
+    # a: done; b: mismatch (the filesystem module must refuse it); c: new
+    assert [l["name"] for l in sp.storage_lvs_needing_fs(lvs, probed)] == ["b", "c"]
+    assert [l["name"] for l in sp.storage_modes_differ(lvs, {"/a": "0755", "/b": "0755", "/c": None})] == ["c"]
