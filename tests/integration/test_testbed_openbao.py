@@ -198,7 +198,7 @@ def test_raft_workdir_is_resumed_by_a_new_component(tmp_path, keep_logs):
         assert (second.addr, second.token) == (addr, token)
         assert not second.is_sealed()
         got = second.client().secrets.kv.v2.read_secret_version(path="p", mount_point="kv",
-                                                               raise_on_deleted_version=True)
+                                                                raise_on_deleted_version=True)
         assert got["data"]["data"] == {"a": "1"}
     finally:
         first.stop()

@@ -60,7 +60,7 @@ def _port_free(port: int) -> bool:
 
 def free_port_pair() -> int:
     """A free port P whose neighbour P+1 is free too (bao derives a cluster port as P+1)."""
-    for _ in range(50):
+    for _attempt in range(50):
         port = free_port()
         if port < 65535 and _port_free(port + 1):
             return port
@@ -129,9 +129,9 @@ def generate_tls(directory: Path, hosts: Tuple[str, ...] = ("127.0.0.1", "localh
     paths = {"ca_cert": directory / "ca.pem", "cert": directory / "server.pem", "key": directory / "server-key.pem"}
     paths["ca_cert"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(paths["key"], key.private_bytes(serialization.Encoding.PEM,
-                                                    serialization.PrivateFormat.PKCS8,
-                                                    serialization.NoEncryption()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    _write_private(paths["key"], key_pem)
     return {k: str(v) for k, v in paths.items()}
 
 
