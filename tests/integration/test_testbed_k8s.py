@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.testbed.common import REPO, TestbedError, wait_for
+from tests.testbed import common as testbed_common
+from tests.testbed.common import REPO, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -242,10 +243,10 @@ def test_cli_up_and_down_by_pid(tmp_path):
 
 def test_missing_binary_is_a_clear_error(tmp_path, monkeypatch):
     """Without the built binaries the test bed says how to build them instead of a traceback."""
-    from tests.testbed import common, k8s as k8s_mod
-    monkeypatch.setattr(common, "BIN", tmp_path)
+    from tests.testbed import k8s as k8s_mod
+    monkeypatch.setattr(testbed_common, "BIN", tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path))
     c = k8s_mod.KubeCluster(workdir=tmp_path / "wd", lifetime=30)
-    with pytest.raises(TestbedError, match="scripts/build/k8s.sh"):
+    with pytest.raises(testbed_common.TestbedError, match="scripts/build/k8s.sh"):
         c.start()
     assert not c.procs

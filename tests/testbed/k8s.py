@@ -419,7 +419,7 @@ class KubeCluster(Component):
             "--service-cluster-ip-range", SERVICE_CIDR,
             # the loopback advertise address may not be an Endpoints IP: no kubernetes endpoints
             "--endpoint-reconciler-type", "none",
-            "--allow-privileged", "true", "--profiling", "false",
+            "--allow-privileged=true", "--profiling=false",
             "--cert-dir", str(wd / "apiserver-certs"),
         ])
         self.info.update(server=server, port=port, ca_file=str(pki["ca_cert"]))
