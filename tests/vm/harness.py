@@ -129,6 +129,18 @@ class VM(Component):
                  interval=2, procs=[proc])
         self.info["boot_seconds"] = round(time.monotonic() - t1, 1)
 
+    @classmethod
+    def attach(cls, workdir: Path) -> "VM":
+        """Use a VM that is already running (its state.json), e.g. one kept from an earlier run:
+        GPUOPS_VM_ATTACH=<workdir>. The caller does not own it and must not stop it."""
+        state = json.loads((Path(workdir) / "state.json").read_text())
+        vm = cls(name=state["name"], workdir=Path(workdir))
+        vm.info = state["info"]
+        vm.ssh_port = int(state["info"]["ssh_port"])
+        vm.key = Path(state["info"]["key"])
+        vm.info["boot_seconds"] = state["info"].get("boot_seconds", 0)
+        return vm
+
     # -- access --------------------------------------------------------------
     def ssh_args(self) -> List[str]:
         return ["-i", str(self.key), "-p", str(self.ssh_port), "-o", "BatchMode=yes",
@@ -169,7 +181,7 @@ class VM(Component):
             "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
             "ANSIBLE_PIPELINING": "True",
             "ANSIBLE_HOST_KEY_CHECKING": "False",
-            "ANSIBLE_TIMEOUT": "10",
+            "ANSIBLE_TIMEOUT": "30",
             "ANSIBLE_SSH_ARGS": ("-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile=/dev/null "
                                  "-o StrictHostKeyChecking=no -o ServerAliveInterval=5 -o ServerAliveCountMax=3"),
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.workdir / "cp"),

@@ -31,8 +31,9 @@ GOOD = {
         "cluster": {"interface": "bond0", "address": "10.10.0.21"},
         "storage": {"interface": "bond0", "address": "10.20.0.21"},
     },
-    "network_rollback_seconds": 75,
-    "network_reconnect_timeout": 30,
+    # generous: one module call takes ~50 s in a TCG guest on the busy shared host
+    "network_rollback_seconds": 900,
+    "network_reconnect_timeout": 150,
 }
 
 
@@ -95,6 +96,7 @@ def test_network_apply_idempotent_and_rollback(vm):
     bad = copy.deepcopy(GOOD)
     bad["gpuops_networks"]["management"].update(cidr="10.0.3.0/24", gateway="10.0.3.2")
     bad["gpuops_node_addresses"]["management"]["address"] = "10.0.3.15"
+    bad.update(network_rollback_seconds=240, network_reconnect_timeout=90)
     t0 = time.monotonic()
     r = vm.playbook("network.yml", vm.write_inventory(bad, vm.workdir / "bad.yml"), tag="bad")
     record_timing("network_bad_change_to_rolled_back", time.monotonic() - t0)
