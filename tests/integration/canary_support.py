@@ -134,7 +134,8 @@ def delete_namespace(client, name: str) -> None:
 
 
 def apply(client, ns: str, obj: dict) -> dict:
-    """Create ``obj`` in ``ns``, or replace it (keeping its resourceVersion) when it exists."""
+    """Create ``obj`` in ``ns``, or replace it when it exists. An Istio object that carries a
+    resourceVersion (it was read) is replaced with exactly that version (a concurrent writer)."""
     from kubernetes.client.rest import ApiException
     obj = copy.deepcopy(obj)
     obj["metadata"]["namespace"] = ns
@@ -151,6 +152,8 @@ def apply(client, ns: str, obj: dict) -> dict:
         return json.loads(api.replace_namespaced_deployment(name, ns, obj, _preload_content=False).data)
     plural = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules"}[kind]
     api = _custom(client)
+    if obj["metadata"].get("resourceVersion"):  # an object that was read: replace it as read
+        return api.replace_namespaced_custom_object(ISTIO[0], ISTIO[1], ns, plural, name, obj)
     try:
         return api.create_namespaced_custom_object(ISTIO[0], ISTIO[1], ns, plural, obj)
     except ApiException as exc:
