@@ -394,6 +394,8 @@ def run_case(workdir: Path, inv: dict, extra: Optional[List[str]] = None) -> Run
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
         "ANSIBLE_LOCAL_TEMP": str(workdir / "ansible-tmp"),
+        # the generated inventory is YAML: do not load and try the other inventory plugins
+        "ANSIBLE_INVENTORY_ENABLED": "ansible.builtin.yaml",
     })
     cmd = ["ansible-playbook", "-i", str(inv_file), str(SITE),
            "-e", f"preflight_test_sentinel_dir={sentinels}"] + (extra or [])
