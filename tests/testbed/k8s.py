@@ -147,6 +147,8 @@ def _pki(d: Path) -> Dict[str, Path]:
     # kwok plays every kubelet and updates Pod status on many nodes: it gets admin rights, like
     # kwokctl gives it.
     leaf("kwok", "kwok-controller", orgs=("system:masters",))
+    # aggregation layer (front proxy), as kubeadm sets it up; the same CA signs it here
+    leaf("front-proxy-client", "front-proxy-client")
 
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     write_key("sa", sa_key)
@@ -419,6 +421,13 @@ class KubeCluster(Component):
             "--service-cluster-ip-range", SERVICE_CIDR,
             # the loopback advertise address may not be an Endpoints IP: no kubernetes endpoints
             "--endpoint-reconciler-type", "none",
+            "--requestheader-client-ca-file", pki["ca_cert"],
+            "--requestheader-allowed-names", "front-proxy-client",
+            "--requestheader-username-headers", "X-Remote-User",
+            "--requestheader-group-headers", "X-Remote-Group",
+            "--requestheader-extra-headers-prefix", "X-Remote-Extra-",
+            "--proxy-client-cert-file", pki["front-proxy-client_cert"],
+            "--proxy-client-key-file", pki["front-proxy-client_key"],
             "--allow-privileged=true", "--profiling=false",
             "--cert-dir", str(wd / "apiserver-certs"),
         ])
