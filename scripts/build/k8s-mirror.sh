@@ -22,6 +22,7 @@
 #   bash scripts/build/k8s-mirror.sh containerd      only the containerd tarball
 #   bash scripts/build/k8s-mirror.sh kubernetes      only the kubernetes binaries
 #   bash scripts/build/k8s-mirror.sh apt             only the signed apt repository (needs kubernetes)
+#   GPUOPS_K8S_BIN_DIR=DIR bash scripts/build/k8s-mirror.sh kubernetes   use binaries already in DIR
 #   bash scripts/build/k8s-mirror.sh serve DIR [LIFETIME]   serve $GPUOPS_CACHE/mirror over HTTP on
 #        127.0.0.1 (free port, bounded lifetime, default 1800 s) with the test-bed plumbing; prints the
 #        URL and writes DIR/state.json (+ DIR/url)
@@ -90,15 +91,16 @@ containerd_tarball() {
 }
 
 kubernetes_binaries() {
-  local dir="$MIRROR/release/$K8S_VERSION/bin/linux/$ARCH" b have
-  bash "$GPUOPS_REPO/scripts/build/k8s.sh" kubectl kubeadm kubelet
+  local dir="$MIRROR/release/$K8S_VERSION/bin/linux/$ARCH" b have src="${GPUOPS_K8S_BIN_DIR:-$GPUOPS_BIN}"
+  # GPUOPS_K8S_BIN_DIR: take already-built binaries from there instead of running k8s.sh
+  [ -n "${GPUOPS_K8S_BIN_DIR:-}" ] || bash "$GPUOPS_REPO/scripts/build/k8s.sh" kubectl kubeadm kubelet
   mkdir -p "$dir"
   for b in kubeadm kubelet kubectl; do
-    [ -x "$GPUOPS_BIN/$b" ] || die "$GPUOPS_BIN/$b missing after scripts/build/k8s.sh"
-    have="$("$GPUOPS_BIN/$b" --version 2>/dev/null || "$GPUOPS_BIN/$b" version --client 2>/dev/null || true)"
-    case "$have" in *"$K8S_VERSION"*) ;; *) die "$GPUOPS_BIN/$b is not $K8S_VERSION: '$have'" ;; esac
-    if ! cmp -s "$GPUOPS_BIN/$b" "$dir/$b"; then
-      cp -f "$GPUOPS_BIN/$b" "$dir/$b.tmp" && mv -f "$dir/$b.tmp" "$dir/$b"
+    [ -x "$src/$b" ] || die "$src/$b missing (scripts/build/k8s.sh builds it)"
+    have="$("$src/$b" --version 2>/dev/null || "$src/$b" version --client 2>/dev/null || true)"
+    case "$have" in *"$K8S_VERSION"*) ;; *) die "$src/$b is not $K8S_VERSION: '$have'" ;; esac
+    if ! cmp -s "$src/$b" "$dir/$b"; then
+      cp -f "$src/$b" "$dir/$b.tmp" && mv -f "$dir/$b.tmp" "$dir/$b"
     fi
     # dl.k8s.io serves the bare hex digest in <binary>.sha256
     sha256sum "$dir/$b" | cut -d' ' -f1 > "$dir/$b.sha256.tmp"
