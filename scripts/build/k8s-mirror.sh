@@ -97,7 +97,7 @@ kubernetes_binaries() {
   mkdir -p "$dir"
   for b in kubeadm kubelet kubectl; do
     [ -x "$src/$b" ] || die "$src/$b missing (scripts/build/k8s.sh builds it)"
-    have="$("$src/$b" --version 2>/dev/null || "$src/$b" version --client 2>/dev/null || true)"
+    have="$("$src/$b" --version 2>/dev/null || "$src/$b" version -o short 2>/dev/null || "$src/$b" version --client 2>/dev/null || true)"
     case "$have" in *"$K8S_VERSION"*) ;; *) die "$src/$b is not $K8S_VERSION: '$have'" ;; esac
     if ! cmp -s "$src/$b" "$dir/$b"; then
       cp -f "$src/$b" "$dir/$b.tmp" && mv -f "$dir/$b.tmp" "$dir/$b"
