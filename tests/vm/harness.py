@@ -138,7 +138,7 @@ class VM(Component):
         vm.info = state["info"]
         vm.ssh_port = int(state["info"]["ssh_port"])
         vm.key = Path(state["info"]["key"])
-        vm.info["boot_seconds"] = state["info"].get("boot_seconds", 0)
+        vm.info["attached"] = True
         return vm
 
     # -- access --------------------------------------------------------------
