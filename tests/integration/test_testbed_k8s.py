@@ -33,6 +33,11 @@ def api(k8s):
         yield a
 
 
+def _message(exc):
+    """The Status message of an API error (the body is JSON, quotes are escaped in it)."""
+    return json.loads(exc.body)["message"]
+
+
 def _deployment(name, replicas, gpus=1):
     labels = {"app": name}
     return {
@@ -153,14 +158,14 @@ def test_istio_crd_schema_rejects_bad_virtualservice(k8s, api):
     with pytest.raises(ApiException) as bad_type:
         co.create_namespaced_custom_object(*args, _virtual_service("bad-weight", weight_a="ninety"))
     assert bad_type.value.status == 422
-    assert "spec.http[0].route[0].weight" in bad_type.value.body
+    assert "spec.http[0].route[0].weight" in _message(bad_type.value)
 
     with pytest.raises(ApiException) as unknown:
         co.create_namespaced_custom_object(
             *args, _virtual_service("bad-field", extra_route_field={"percent": 90}),
             field_validation="Strict")
     assert unknown.value.status == 400
-    assert 'unknown field "spec.http[0].route[0].percent"' in unknown.value.body
+    assert 'unknown field "spec.http[0].route[0].percent"' in _message(unknown.value)
 
     created = co.create_namespaced_custom_object(*args, _virtual_service("good"),
                                                  field_validation="Strict")
@@ -180,7 +185,7 @@ def test_restricted_service_account_is_read_only_on_virtualservices(k8s):
             co.create_namespaced_custom_object("networking.istio.io", "v1", ns, "virtualservices",
                                                _virtual_service("forbidden"))
         assert write.value.status == 403
-        assert "system:serviceaccount:gpuops-test:gpuops-readonly" in write.value.body
+        assert "system:serviceaccount:gpuops-test:gpuops-readonly" in _message(write.value)
         with pytest.raises(ApiException) as other:
             client.CoreV1Api(ro).list_namespaced_secret(ns)
         assert other.value.status == 403
