@@ -464,6 +464,9 @@ class KubeCluster(Component):
             "--cluster-signing-cert-file", pki["ca_cert"],
             "--cluster-signing-key-file", pki["ca_key"],
             "--service-cluster-ip-range", SERVICE_CIDR,
+            # kwok renews the fake nodes' leases; on a loaded 2-core CI box a renewal can lag, so
+            # give nodes 2 min (default 50 s) before the node lifecycle controller taints them.
+            "--node-monitor-grace-period=2m",
             "--profiling=false",
         ])
         sched = self.spawn("kube-scheduler", [
