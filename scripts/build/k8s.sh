@@ -144,6 +144,14 @@ kwok_stages() {
   done
 }
 
+# "module => module version" for every module kubernetes' wrapper selected (staging ones excluded:
+# they are pinned by wrapper_module already).
+k8s_dependency_pins() {
+  (cd "$BUILD_ROOT/kubernetes" && "$GO" list -m -f \
+    '{{if and (not .Main) (not .Replace)}}{{.Path}} => {{.Path}} {{.Version}}{{end}}' all) \
+    | grep -v -e '^k8s.io/kubernetes ' -e '^$' || true
+}
+
 build_binary() {
   local name="$1" ld
   ld="$(k8s_ldflags)"
@@ -173,11 +181,7 @@ build_binary() {
         kwok_stages
         return 0
       fi
-      if [ -f "$BUILD_ROOT/kubernetes/go.sum" ]; then
-        pins="$(cd "$BUILD_ROOT/kubernetes" && "$GO" list -m -f \
-          '{{if and (not .Main) (not .Replace)}}{{.Path}} => {{.Path}} {{.Version}}{{end}}' all \
-          | grep -v -e '^k8s.io/kubernetes ' -e '^$' || true)"
-      fi
+      [ -f "$BUILD_ROOT/kubernetes/go.sum" ] && pins="$(k8s_dependency_pins)"
       if [ -n "$pins" ]; then
         wrapper_module "$BUILD_ROOT/kwok" sigs.k8s.io/kwok "$KWOK_VERSION" k8s "$pins"
         if ( build_one kwok "$BUILD_ROOT/kwok" sigs.k8s.io/kwok "$KWOK_VERSION" \
@@ -201,4 +205,6 @@ for b in "${wanted[@]}"; do
   case " ${K8S_BUILD_SKIP:-} " in *" $b "*) log "skipping $b (K8S_BUILD_SKIP)"; continue ;; esac
   build_binary "$b"
 done
-log "done: $(cd "$GPUOPS_BIN" && ls -1 "${wanted[@]}" 2>/dev/null | tr '\n' ' ')"
+present=()
+for b in "${wanted[@]}"; do [ -x "$GPUOPS_BIN/$b" ] && present+=("$b"); done
+log "done, in $GPUOPS_BIN: ${present[*]}"

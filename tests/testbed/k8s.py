@@ -262,7 +262,8 @@ class KubeCluster(Component):
         self._ensure_namespace(namespace)
         api = self._admin()
         core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
-        meta = {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "gpuops-testbed"}}
+        meta = {"name": name, "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "gpuops-testbed"}}
         try:
             core.create_namespaced_service_account(namespace, {"metadata": meta})
         except ApiException as exc:
