@@ -162,6 +162,11 @@ class Rollout(object):
         self.progress = []
         self.started = None
         self.changed = False
+        self.run_id = "%x-%x" % (int(self.now() * 1000), id(self) & 0xffffff)
+
+    def live_window(self):
+        """A run that wrote its state more recently than this is considered alive."""
+        return max(3 * float(self.cfg["interval"]), 10.0)
 
     # -- helpers ---------------------------------------------------------
     def _tick(self):
@@ -217,6 +222,7 @@ class Rollout(object):
 
     def _save(self, state, stable_w, canary_w, dry_run=False):
         state["updated"] = self.now()
+        state["run_id"] = self.run_id
         state["canary_weight"] = canary_w
         self.write_route(stable_w, canary_w, state, dry_run=dry_run)
         if not dry_run:
@@ -275,6 +281,13 @@ class Rollout(object):
                 and not cfg.get("restart"):
             return self._result(state, state["phase"], "already %s (state annotation); nothing to do"
                                 % state["phase"], weights)
+        if state and state.get("phase") in ("progressing", "promoting") and state.get("run_id") \
+                and state.get("run_id") != self.run_id and state.get("updated") \
+                and self.now() - float(state["updated"]) < self.live_window():
+            raise RolloutConfigError(
+                "another canary_rollout run (%s) is driving this VirtualService: it wrote its state %.1fs ago; "
+                "stop it (killing ansible-playbook can leave the module process running on the control node) "
+                "or wait %ss" % (state["run_id"], self.now() - float(state["updated"]), self.live_window()))
         if state and state.get("revision") == cfg["revision"] and state.get("phase") not in TERMINAL_PHASES:
             state = dict(state)
             msg = "resuming %s at canary weight %d%% with %d failed check(s) from the state annotation" % (

@@ -381,3 +381,28 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def kill_tree(pid: int) -> List[int]:
+    """SIGKILL ``pid`` and all its descendants, by PID. ansible-playbook's module process runs in a
+    session of its own, so killing the playbook's process group alone leaves it running."""
+    import signal
+    children: Dict[int, List[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    tree, todo = [], [pid]
+    while todo:
+        cur = todo.pop()
+        tree.append(cur)
+        todo.extend(children.get(cur, []))
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return tree

@@ -14,9 +14,7 @@ Intervals are 2 s so the suite stays fast; no assert depends on timing.
 """
 
 import json
-import os
 import shutil
-import signal
 import threading
 import time
 from pathlib import Path
@@ -264,11 +262,13 @@ def test_interrupted_rollout_resumes_from_observed_weight(bed, setup_app, tmp_pa
         pb = cs.write_playbook(tmp_path / "first.yml", [{"name": "rollout", "gpuops.cluster.canary_rollout": args}])
         proc = cs.start_playbook(pb, {}, tmp_path)
         cs.wait_until(lambda: cs.read_weights(client, ns, app)["canary"] >= 40, 120, "canary at 40%")
-        os.killpg(proc.pid, signal.SIGKILL)  # the control node dies mid-rollout
+        cs.kill_tree(proc.pid)  # the control node dies mid-rollout (module process included)
         proc.wait(timeout=30)
         interrupted = cs.read_weights(client, ns, app)["canary"]
         state = cs.read_state(client, ns, app)
         assert state["phase"] == "progressing" and state["revision"] == version
+        # the killed run's state is younger than the live window (3 intervals, at least 10 s): wait it out
+        cs.wait_until(lambda: time.time() - cs.read_state(client, ns, app)["updated"] > 10, 30, "stale state")
         out = run_rollout(tmp_path, args)
     finally:
         load.stop()

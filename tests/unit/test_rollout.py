@@ -209,3 +209,15 @@ def test_rollback_after_promotion_restores_previous_stable():
     assert w.restored == [{"deployment": "resnet-stable", "template": {"image": "v1"}}]
     res2 = w.rollout().rollback_now()
     assert res2["changed"] is False and "already" in res2["reason"]
+
+
+def test_a_live_concurrent_run_is_refused_and_a_stale_one_resumed():
+    state = {"revision": "2.0", "phase": "progressing", "failed_checks": 0, "iteration": 2, "canary_weight": 40,
+             "run_id": "other", "updated": 1000.0 - 3}
+    w = World(canary=40, state=state)
+    with pytest.raises(r.RolloutConfigError, match="another canary_rollout run"):
+        w.rollout().run()
+    assert w.writes == []
+    w.t = 1000.0 + 60  # the other run stopped writing a while ago: resume
+    res = w.rollout().run()
+    assert res["status"] == "promoted" and res["progress"][0]["action"] == "resume"
