@@ -50,6 +50,13 @@ class RolloutConfigError(ValueError):
     """The rollout options are inconsistent: the message says what to fix."""
 
 
+class _RolledBackElsewhere(Exception):
+    def __init__(self, state, weights):
+        Exception.__init__(self, state.get("reason"))
+        self.state = state
+        self.weights = weights
+
+
 class RolloutAborted(RuntimeError):
     """The rollout could not continue (API failure...); ``result`` holds the progress so far."""
 
@@ -221,6 +228,12 @@ class Rollout(object):
         return entry
 
     def _save(self, state, stable_w, canary_w, dry_run=False):
+        if not dry_run and self.started is not None:
+            # an operator's rollback (operation: rollback / playbooks/rollback.yml) wins over this run
+            obs_w, observed = self.read_route()
+            if observed and observed.get("run_id") not in (None, self.run_id) \
+                    and observed.get("phase") == "rolled_back" and state.get("phase") != "rolled_back":
+                raise _RolledBackElsewhere(observed, obs_w)
         state["updated"] = self.now()
         state["run_id"] = self.run_id
         state["canary_weight"] = canary_w
@@ -312,6 +325,7 @@ class Rollout(object):
         try:
             while True:
                 canary_w = weights["canary"]
+
                 # 1. manual rollback
                 ok_rb, msgs = self._call_hooks("rollback", "Progressing")
                 if self._hooks("rollback") and ok_rb:
@@ -386,6 +400,11 @@ class Rollout(object):
                 self._record(state, canary_w, "analysis_passed", decision="pass", checks=gate_res.get("checks"),
                              message="; ".join(msgs + msgs2))
                 return self._promote(state, canary_w)
+        except _RolledBackElsewhere as other:
+            self._record(other.state, weights["canary"], "rolled_back", new_weight=0,
+                         message="stopped: rolled back by another run: %s" % other.state.get("reason"))
+            return self._result(other.state, "rolled_back", "rolled back by another run: %s"
+                                % other.state.get("reason"), other.weights)
         except (RolloutConfigError, RolloutAborted):
             raise
         except Exception as exc:

@@ -221,3 +221,20 @@ def test_a_live_concurrent_run_is_refused_and_a_stale_one_resumed():
     w.t = 1000.0 + 60  # the other run stopped writing a while ago: resume
     res = w.rollout().run()
     assert res["status"] == "promoted" and res["progress"][0]["action"] == "resume"
+
+
+def test_a_manual_rollback_during_the_run_stops_it():
+    w = World()
+    ro = w.rollout()
+    real_gate = w.gate
+
+    def gate_then_operator_rolls_back(variables):
+        res = real_gate(variables)
+        if w.weights["canary"] == 40:
+            other = w.rollout()
+            other.rollback_now()
+        return res
+    ro.gate = gate_then_operator_rolls_back
+    res = ro.run()
+    assert res["status"] == "rolled_back" and "another run" in res["reason"]
+    assert w.weights == {"stable": 100, "canary": 0}
