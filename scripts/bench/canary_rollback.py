@@ -56,8 +56,14 @@ class Watcher(threading.Thread):
     def run(self):
         from tests.integration import canary_support as cs
         last = None
+        self.errors = []
         while not self.stop_evt.is_set():
-            w = cs.read_weights(self.client, self.ns, self.name)["canary"]
+            try:
+                w = cs.read_weights(self.client, self.ns, self.name)["canary"]
+            except Exception as exc:  # a failed poll is reported, it must not end the watch
+                self.errors.append(repr(exc))
+                self.stop_evt.wait(0.05)
+                continue
             if w != last:
                 self.events.append((time.time(), w))
                 last = w
@@ -109,11 +115,16 @@ def one_run(bed, idx, args, faulty):
             ts.set_faults(version)
     row = {"run": idx, "faulty": faulty, "status": result["status"], "reason": result["reason"],
            "failed_checks": result["failed_checks"], "duration_s": result["duration"]}
+    row["watch_errors"] = len(getattr(watcher, "errors", []))
+    if faulty and "t" not in fault_at:
+        row["note"] = "fault never injected (canary never reached --fault-at)"
     if faulty and "t" in fault_at:
         back = [t for t, w in watcher.events if w == 0 and t > fault_at["t"]]
         if back:
             row["fault_to_stable_s"] = round(back[0] - fault_at["t"], 3)
             row["fault_to_stable_intervals"] = round(row["fault_to_stable_s"] / args.interval, 2)
+        else:
+            row["note"] = "watcher saw no return to 0 after the fault: %s" % watcher.events[-3:]
     return row
 
 
