@@ -68,6 +68,13 @@ class Watcher(threading.Thread):
                 self.events.append((time.time(), w))
                 last = w
             self.stop_evt.wait(0.05)
+        # one last look: the rollout's final write happened before stop() (upper bound, +1 poll)
+        try:
+            w = cs.read_weights(self.client, self.ns, self.name)["canary"]
+            if w != last:
+                self.events.append((time.time(), w))
+        except Exception as exc:
+            self.errors.append(repr(exc))
 
 
 def one_run(bed, idx, args, faulty):
