@@ -25,7 +25,7 @@ def gate_bed(torchserve, prometheus_factory):
     ts = torchserve
     ts.register(OK)
     ts.register(BAD, fail_rate=0.5)
-    ts.register(SLOW, delay_ms=250)
+    ts.register(SLOW, delay_ms=1500)
     ts.register(IDLE)
     prom = prometheus_factory(targets=[ts.info["metrics_target"]], scrape_interval="1s")
     # counters start at 0 when a worker loads; let Prometheus see that baseline before traffic,
@@ -35,7 +35,7 @@ def gate_bed(torchserve, prometheus_factory):
     errors = send(ts, BAD, 40)
     assert 5 <= errors <= 35, "fault injection should fail about half of the requests"
     assert send(ts, OK, 40) == 0
-    send(ts, SLOW, 20)
+    send(ts, SLOW, 8)
     for v in (OK, BAD, SLOW):
         prom.wait_for_series('gpuops_requests_total{model_version="%s"} > 0' % v, timeout=60)
     return ts, prom
@@ -51,7 +51,8 @@ def gate(tmp_path, prom_url, version, checks, check_mode=False, **opts):
 
 
 SUCCESS = {"name": "success-rate", "template": "torchserve-success-rate", "threshold_range": {"min": 95}}
-LATENCY = {"name": "latency-p99", "template": "torchserve-latency-p99", "threshold_range": {"max": 200}}
+# generous bound: a healthy version on a loaded 2-core CI box can take a few hundred ms; the slow one takes 1.5 s
+LATENCY = {"name": "latency-p99", "template": "torchserve-latency-p99", "threshold_range": {"max": 1000}}
 
 
 def test_healthy_version_passes(gate_bed, tmp_path):
@@ -62,7 +63,7 @@ def test_healthy_version_passes(gate_bed, tmp_path):
     assert out["decision"] == "pass", out["checks"]
     by = {c["name"]: c for c in out["checks"]}
     assert by["success-rate"]["value"] == pytest.approx(100.0)
-    assert by["latency-p99"]["value"] < 200
+    assert by["latency-p99"]["value"] < 1000
     assert by["workers"]["value"] >= 1
     assert out["changed"] is False
 
@@ -80,7 +81,7 @@ def test_slow_version_fails_latency(gate_bed, tmp_path):
     out = gate(tmp_path, prom.url, SLOW, [SUCCESS, LATENCY])
     by = {c["name"]: c for c in out["checks"]}
     assert by["success-rate"]["status"] == "pass"
-    assert by["latency-p99"]["status"] == "fail" and by["latency-p99"]["value"] > 200
+    assert by["latency-p99"]["status"] == "fail" and by["latency-p99"]["value"] > 1000
     assert out["decision"] == "fail"
 
 
