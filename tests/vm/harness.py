@@ -33,7 +33,6 @@ from tests.testbed.common import CACHE, REPO, Component, TestbedError, free_port
 VM_DIR = CACHE / "vm"
 BUILD_SCRIPT = REPO / "scripts" / "build" / "vm-image.sh"
 PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"
-ROLE_FILTERS = ":".join(str(REPO / "roles" / r / "filter_plugins") for r in ("storage", "network"))
 RECAP = re.compile(r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
                    r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)", re.M)
 
@@ -187,9 +186,6 @@ class VM(Component):
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.workdir / "cp"),
             "ANSIBLE_RETRY_FILES_ENABLED": "False",
             "ANSIBLE_NOCOLOR": "1",
-            # Roles inside a collection cannot carry plugins: until the pure cores move to
-            # plugins/filter/ (lead's tree), point Ansible at the roles' filter_plugins dirs.
-            "ANSIBLE_FILTER_PLUGINS": ROLE_FILTERS,
         })
         t0 = time.monotonic()
         log = self.workdir / f"ansible-{tag}.log"

@@ -16,8 +16,8 @@ def load(path):
     return mod
 
 
-sp = load(ROLES / "storage" / "filter_plugins" / "storage_plan.py")
-nm = load(ROLES / "network" / "filter_plugins" / "network_model.py")
+sp = load(ROLES.parent / "plugins" / "filter" / "storage_plan.py")
+nm = load(ROLES.parent / "plugins" / "filter" / "network_model.py")
 
 G = 1 << 30
 LSBLK = {"blockdevices": [

@@ -26,7 +26,7 @@ def run(argv):
 
 
 def jrun(argv, default):
-    rc, out, _ = run(argv)
+    rc, out, _err = run(argv)
     if rc != 0 or not out.strip():
         return default
     try:
@@ -57,10 +57,10 @@ def main():
     res["md"], res["md_brief"], res["md_real"] = {}, {}, {}
     for link in sorted(glob.glob("/dev/md/*")):
         name = os.path.basename(link)
-        rc, out, _ = run(["mdadm", "--detail", "--export", link])
+        rc, out, _err = run(["mdadm", "--detail", "--export", link])
         if rc == 0:
             res["md"][name] = out
-            rc, out, _ = run(["mdadm", "--detail", "--brief", link])
+            rc, out, _err = run(["mdadm", "--detail", "--brief", link])
             res["md_brief"][name] = ([l for l in out.splitlines() if l.startswith("ARRAY")] + [""])[0]
             res["md_real"][name] = os.path.realpath(link)
     pvs = jrun(["pvs", "--reportformat", "json", "--options", "pv_name,vg_name"], {"report": [{"pv": []}]})
@@ -74,7 +74,7 @@ def main():
     res["lvs"] = {}
     for lv in lvs["report"][0]["lv"]:
         path = lv.get("lv_path") or "/dev/%s/%s" % (lv["vg_name"], lv["lv_name"])
-        rc, out, _ = run(["blkid", "--probe", "--output", "export", path])
+        rc, out, _err = run(["blkid", "--probe", "--output", "export", path])
         tags = dict(l.split("=", 1) for l in out.splitlines() if "=" in l) if rc == 0 else {}
         res["lvs"]["%s/%s" % (lv["vg_name"], lv["lv_name"])] = {
             "path": path, "real": os.path.realpath(path), "size": lv.get("lv_size"), "fstype": tags.get("TYPE"), "uuid": tags.get("UUID")}

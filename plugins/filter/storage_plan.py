@@ -30,8 +30,7 @@ RAID_MIN_DEVICES = {0: 2, 1: 2, 10: 2}
 def _walk(devices, parent=None):
     for dev in devices or []:
         yield dev, parent
-        for child in _walk(dev.get("children"), dev):
-            yield child
+        yield from _walk(dev.get("children"), dev)
 
 
 def _dev_path(dev):
@@ -62,7 +61,7 @@ def discovered_disks(lsblk, nvme=None):
             continue
         path = _dev_path(dev)
         info = nv.get(path, {})
-        children = [c for c, _ in _walk(dev.get("children"))]
+        children = [c for c, _parent in _walk(dev.get("children"))]
         disks.append({
             "path": path,
             "name": dev.get("name"),
