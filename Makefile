@@ -6,7 +6,7 @@ SHELL := /bin/bash
 .PHONY: lab lab-down test setup lint unit integration molecule vm sanity build
 
 lab:
-	scripts/setup base node-image k8s
+	scripts/setup base node-image
 	scripts/lab up
 	scripts/site-lab
 
@@ -33,7 +33,7 @@ integration:
 	scripts/test integration
 
 molecule:
-	scripts/setup base node-image k8s
+	scripts/setup base node-image
 	scripts/test molecule
 
 vm:
