@@ -33,7 +33,7 @@ integration:
 	scripts/test integration
 
 molecule:
-	scripts/setup base node-image
+	scripts/setup base node-image k8s k8s-mirror
 	scripts/test molecule
 
 vm:
