@@ -32,6 +32,18 @@ def normal_two_sided_p(z):
     return math.erfc(abs(z) / math.sqrt(2.0))
 
 
+def _lentz_step(aa, c, d, fpmin=1.0e-300):
+    """One modified-Lentz update of the continued fraction; returns (c, d, factor)."""
+    d = 1.0 + aa * d
+    if abs(d) < fpmin:
+        d = fpmin
+    c = 1.0 + aa / c
+    if abs(c) < fpmin:
+        c = fpmin
+    d = 1.0 / d
+    return c, d, d * c
+
+
 def _betacf(a, b, x, max_iter=300, eps=3.0e-14):
     fpmin = 1.0e-300
     qab, qap, qam = a + b, a + 1.0, a - 1.0
@@ -42,24 +54,10 @@ def _betacf(a, b, x, max_iter=300, eps=3.0e-14):
     h = d
     for m in range(1, max_iter + 1):
         m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        if abs(d) < fpmin:
-            d = fpmin
-        c = 1.0 + aa / c
-        if abs(c) < fpmin:
-            c = fpmin
-        d = 1.0 / d
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        if abs(d) < fpmin:
-            d = fpmin
-        c = 1.0 + aa / c
-        if abs(c) < fpmin:
-            c = fpmin
-        d = 1.0 / d
-        delta = d * c
+        # even step, then odd step of the continued fraction
+        c, d, factor = _lentz_step(m * (b - m) * x / ((qam + m2) * (a + m2)), c, d)
+        h *= factor
+        c, d, delta = _lentz_step(-(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)), c, d)
         h *= delta
         if abs(delta - 1.0) < eps:
             return h
