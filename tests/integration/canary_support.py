@@ -406,3 +406,13 @@ def kill_tree(pid: int) -> List[int]:
         except ProcessLookupError:
             pass
     return tree
+
+
+def brief(out: dict) -> str:
+    """A module result, readable in an assert message: msg, status, reason and the last progress entries."""
+    lines = ["status=%s msg=%s" % (out.get("status"), out.get("msg")), "reason=%s" % out.get("reason")]
+    for entry in (out.get("progress") or [])[-6:]:
+        lines.append("  %(elapsed)s s it%(iteration)s %(weight)s%% %(action)s %(decision)s: %(message)s" % entry
+                     + "".join(" [%s %s %s]" % (c.get("name"), c.get("status"), c.get("message") or c.get("value"))
+                               for c in entry.get("checks") or []))
+    return "\n".join(lines)

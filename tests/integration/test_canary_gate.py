@@ -32,6 +32,14 @@ def gate_bed(torchserve, prometheus_factory):
     # as it would in a cluster where it scrapes all the time (increase() needs two samples).
     for v in (OK, BAD, SLOW, IDLE):
         prom.wait_for_series('gpuops_requests_total{model_version="%s"}' % v, timeout=60)
+    # the latency histogram's series only exist after a version's first request: send one and let
+    # Prometheus scrape it before the rest, else a burst that fits between two scrapes makes
+    # rate() 0 over the window and the p99 NaN (no data), as measured in a loaded CI run.
+    assert send(ts, OK, 1) == 0
+    send(ts, BAD, 1)
+    send(ts, SLOW, 1)
+    for v in (OK, BAD, SLOW):
+        prom.wait_for_series('gpuops_latency_seconds_bucket{model_version="%s"}' % v, timeout=60)
     errors = send(ts, BAD, 40)
     assert 5 <= errors <= 35, "fault injection should fail about half of the requests"
     assert send(ts, OK, 40) == 0

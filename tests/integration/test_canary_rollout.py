@@ -135,7 +135,7 @@ def test_healthy_canary_is_promoted_by_the_playbook(bed, setup_app, tmp_path):
         load.stop()
     assert res["rc"] == 0, res["stdout"][-4000:] + res["stderr"]
     out = res["tasks"]["Analyse the canary and promote or roll back"]
-    assert out["status"] == "promoted", out
+    assert out["status"] == "promoted", cs.brief(out)
     assert [e["new_weight"] for e in out["progress"] if e["action"] == "advance"] == [20, 40, 60]
     assert actions(out["progress"])[-3:] == ["analysis_passed", "promote", "promoted"]
     # every analysed iteration saw real canary traffic through the handler metrics
@@ -172,7 +172,7 @@ def test_5xx_canary_is_rolled_back_and_the_play_fails(bed, setup_app, tmp_path):
         load.stop()
     assert res["rc"] != 0
     out = res["tasks"]["Analyse the canary and promote or roll back"]
-    assert out["status"] == "rolled_back" and "failed checks threshold reached (2)" in out["reason"], out
+    assert out["status"] == "rolled_back" and "failed checks threshold reached (2)" in out["reason"], cs.brief(out)
     failed = [e for e in out["progress"] if e["action"] == "failed_check"]
     assert len(failed) == 2
     sr = [c for c in failed[-1]["checks"] if c["name"] == "success-rate"][0]
@@ -196,7 +196,7 @@ def test_slow_canary_is_rolled_back_on_latency(bed, setup_app, tmp_path):
         out = run_rollout(tmp_path, rollout_task(bed, ns, app, version))
     finally:
         load.stop()
-    assert out["status"] == "rolled_back", out
+    assert out["status"] == "rolled_back", cs.brief(out)
     last_fail = [e for e in out["progress"] if e["action"] == "failed_check"][-1]
     lat = [c for c in last_fail["checks"] if c["name"] == "latency-p99"][0]
     assert lat["status"] == "fail" and lat["value"] > 200
@@ -211,7 +211,7 @@ def test_no_traffic_follows_on_no_data(bed, setup_app, tmp_path, policy):
     ns = setup_app(app, version)
     ts.register(version)
     out = run_rollout(tmp_path, rollout_task(bed, ns, app, version, on_no_data=policy, progress_deadline=8))
-    assert out["status"] == "rolled_back", out
+    assert out["status"] == "rolled_back", cs.brief(out)
     no_data = [c for e in out["progress"] for c in e["checks"] if c["status"] == "no_data"]
     assert no_data
     if policy == "fail":
@@ -272,7 +272,7 @@ def test_interrupted_rollout_resumes_from_observed_weight(bed, setup_app, tmp_pa
         out = run_rollout(tmp_path, args)
     finally:
         load.stop()
-    assert out["status"] == "promoted", out
+    assert out["status"] == "promoted", cs.brief(out)
     assert out["progress"][0]["action"] == "resume" and out["progress"][0]["weight"] == interrupted
     advances = [e["new_weight"] for e in out["progress"] if e["action"] == "advance"]
     assert all(w > interrupted for w in advances)  # never restarted from 0
@@ -285,7 +285,7 @@ def test_check_mode_reports_first_step_without_changing_anything(bed, setup_app,
     ns = setup_app(app, version)
     before = cs.get_vs(client, ns, app)["metadata"]["resourceVersion"]
     out = run_rollout(tmp_path, rollout_task(bed, ns, app, version), check=True)
-    assert out["status"] == "planned" and out["changed"] is True, out
+    assert out["status"] == "planned" and out["changed"] is True, cs.brief(out)
     assert "move the canary to 20%" in out["reason"]
     assert out["diff"]["before"]["weights"] == {"stable": 100, "canary": 0}
     assert cs.get_vs(client, ns, app)["metadata"]["resourceVersion"] == before
@@ -332,7 +332,7 @@ def test_rbac_documented_role_runs_a_rollout(bed, setup_app, tmp_path):
                 stable_deployment=f"{app}-stable", canary_deployment=f"{app}-canary", interval=2,
                 threshold=5, step_weight=50, max_weight=50, progress_deadline=60, checks=[check])
     out = run_rollout(tmp_path, args)
-    assert out["status"] == "promoted", out
+    assert out["status"] == "promoted", cs.brief(out)
     assert cs.deployment_version(cs.read_deployment(client, ns, f"{app}-stable")) == "32.0"
     rules = [dict(r, verbs=[v for v in r["verbs"] if v != "update"]) if "virtualservices" in r["resources"]
              else r for r in cs.documented_rbac_rules()]

@@ -30,40 +30,40 @@ def run(tmp_path, args, check=False, name="ts"):
 
 def test_register_scale_default_unregister(torchserve, tmp_path):
     ts = torchserve
-    ts.register("30.0")  # another version: the first registered one becomes the default
-    url = stage_archive(ts, "31.0")
-    base = dict(management_url=ts.info["management_url"], model=MODEL, version="31.0")
+    ts.register("50.0")  # another version: the first registered one becomes the default
+    url = stage_archive(ts, "51.0")
+    base = dict(management_url=ts.info["management_url"], model=MODEL, version="51.0")
 
     planned = run(tmp_path, dict(base, url=url), check=True)
     assert planned["changed"] and planned["actions"] == ["register"]
-    assert ts.describe("31.0") is None, "check mode must not register"
+    assert ts.describe("51.0") is None, "check mode must not register"
 
     out = run(tmp_path, dict(base, url=url))
     assert out["changed"] and out["actions"] == ["register"]
-    assert out["version"]["ready_workers"] >= 1 and ts.ready_workers("31.0") >= 1
+    assert out["version"]["ready_workers"] >= 1 and ts.ready_workers("51.0") >= 1
 
     again = run(tmp_path, dict(base, url=url))
     assert again["changed"] is False and again["actions"] == []
 
     scaled = run(tmp_path, dict(base, min_workers=2, max_workers=2))
     assert scaled["actions"] == ["scale"] and scaled["version"]["ready_workers"] == 2
-    assert ts.ready_workers("31.0") == 2
+    assert ts.ready_workers("51.0") == 2
 
     old_default = ts.default_version()
-    assert old_default != "31.0"
+    assert old_default != "51.0"
     made_default = run(tmp_path, dict(base, state="default", min_workers=2, max_workers=2))
-    assert made_default["actions"] == ["set_default"] and made_default["default_version"] == "31.0"
-    assert ts.default_version() == "31.0"
+    assert made_default["actions"] == ["set_default"] and made_default["default_version"] == "51.0"
+    assert ts.default_version() == "51.0"
 
     refused = run(tmp_path, dict(base, state="absent"))
     assert refused.get("failed") and "set another default first" in refused["msg"]
-    assert ts.describe("31.0") is not None
+    assert ts.describe("51.0") is not None
     back = run(tmp_path, dict(base, version=old_default, state="default"))
     assert back["actions"] == ["set_default"] and ts.default_version() == old_default
 
     gone = run(tmp_path, dict(base, state="absent"))
     assert gone["changed"] and gone["actions"] == ["unregister"]
-    assert ts.describe("31.0") is None
+    assert ts.describe("51.0") is None
     assert run(tmp_path, dict(base, state="absent"))["changed"] is False
 
 
