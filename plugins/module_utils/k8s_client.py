@@ -16,6 +16,7 @@ __metaclass__ = type
 import copy
 import json
 import os
+import time
 import traceback
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
@@ -150,6 +151,47 @@ def connection_error_message(exc):
         reason = getattr(exc, "reason", None) or exc
         return "cannot reach the Kubernetes API server: %s" % reason
     return None
+
+
+# Answers of an API server that is alive but momentarily cannot serve (throttling, an etcd
+# timeout behind a 500/504, a restarting apiserver behind a load balancer): worth another try.
+TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
+
+
+def is_transient(exc):
+    """True for errors a retry can cure: HTTP 429/5xx from the API server, a dropped connection or a
+    read timeout. Never for 4xx answers (RBAC, validation, not found, conflict), which a retry repeats."""
+    if isinstance(exc, ApiException):
+        return getattr(exc, "status", None) in TRANSIENT_STATUSES
+    try:
+        import urllib3
+        if isinstance(exc, (urllib3.exceptions.ProtocolError, urllib3.exceptions.TimeoutError,
+                            urllib3.exceptions.MaxRetryError)):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def retry_transient(fn, attempts=5, base_delay=0.5, max_delay=4.0, sleep=time.sleep, on_retry=None):
+    """``fn`` wrapped so that transient API errors (see ``is_transient``) are retried with exponential
+    backoff, ``attempts`` calls in all (0.5 + 1 + 2 + 4 s of waits for 5). Other errors, and the last
+    transient one, propagate unchanged. ``on_retry(exc, attempt, delay)`` is told about each retry.
+    Only for calls that are safe to repeat: reads, and writes that set an absolute state from a fresh read."""
+    def wrapper(*args, **kwargs):
+        delay = base_delay
+        for attempt in range(1, max(1, attempts) + 1):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # pylint: disable=broad-except
+                if attempt >= attempts or not is_transient(exc):
+                    raise
+                if on_retry is not None:
+                    on_retry(exc, attempt, delay)
+                sleep(delay)
+                delay = min(delay * 2, max_delay)
+        return None  # pragma: no cover - the loop returns or raises
+    return wrapper
 
 
 def api_error_message(exc):

@@ -200,7 +200,12 @@ options:
     type: bool
     default: false
   max_retries:
-    description: Re-reads after a write conflict (HTTP 409) on the C(VirtualService).
+    description:
+      - Re-reads after a write conflict (HTTP 409) on the C(VirtualService).
+      - Also the number of retries, with exponential backoff (0.5 s doubling up to 4 s), of a Kubernetes
+        API call that failed transiently (HTTP 429, 500, 502, 503, 504, a dropped connection or a read
+        timeout), so that one such error does not stop a rollout half-way. Each retry is reported as a
+        warning. Other errors (403, 404, 422) are not retried.
     type: int
     default: 5
   api_version:
@@ -310,7 +315,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
 from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_client import (
     ApiException, DeploymentOps, K8sClientError, api_error_message, connection_error_message, get_api_client, k8s_auth_argument_spec,
-    require_kubernetes)
+    require_kubernetes, retry_transient)
 from ansible_collections.gpuops.cluster.plugins.module_utils.traffic import (
     IstioRoutes, TrafficError, set_traffic)
 from ansible_collections.gpuops.cluster.plugins.module_utils.rollout import (
@@ -433,10 +438,22 @@ def build_rollout(module, api_client, emit, now=time.time, sleep=time.sleep, bef
                progress_deadline=p["progress_deadline"], on_no_data=p["on_no_data"], on_error=p["on_error"],
                webhooks=[dict((k, v) for k, v in h.items() if v is not None) for h in p["webhooks"] or []],
                variables=variables)
-    return Rollout(cfg, read_route=read_route, write_route=write_route, gate=gate, webhook=post_webhook,
-                   scale=deployments.scale_canary if p["canary_deployment"] else None,
-                   promote=deployments.promote if p["stable_deployment"] else None,
-                   restore=deployments.restore if p["stable_deployment"] else None,
+    # A rollout runs for many intervals: one throttled (429) or failed (5xx, dropped connection) API
+    # call must not abort it half-way. Every call below is safe to repeat (reads, or writes of an
+    # absolute state from a fresh read), so transient errors are retried with backoff.
+    def on_retry(exc, attempt, delay):
+        if hasattr(module, "warn"):
+            module.warn("transient Kubernetes API error (attempt %d, retrying in %.1f s): %s"
+                        % (attempt, delay, api_error_message(exc) if isinstance(exc, ApiException) else exc))
+
+    def retried(fn):
+        return retry_transient(fn, attempts=p["max_retries"] + 1, sleep=sleep, on_retry=on_retry) if fn else None
+
+    return Rollout(cfg, read_route=retried(read_route), write_route=retried(write_route), gate=gate,
+                   webhook=post_webhook,
+                   scale=retried(deployments.scale_canary if p["canary_deployment"] else None),
+                   promote=retried(deployments.promote if p["stable_deployment"] else None),
+                   restore=retried(deployments.restore if p["stable_deployment"] else None),
                    emit=emit, now=now, sleep=sleep), checks
 
 

@@ -339,3 +339,47 @@ def test_rbac_documented_role_runs_a_rollout(bed, setup_app, tmp_path):
     kc2 = k8s.make_sa_kubeconfig(ns, "no-update", rules)
     bad = run_rollout(tmp_path, dict(args, kubeconfig=kc2, operation="rollback"))
     assert bad.get("failed") and "HTTP 403" in bad["msg"] and "cannot update resource" in bad["msg"], bad
+
+
+def test_transient_api_errors_do_not_stop_a_rollout(bed, setup_app):
+    """Every third VirtualService write fails with HTTP 503 before it reaches the apiserver (injected
+    through the engine's test hook, in-process with the module's own wiring): the rollout retries
+    with backoff and still promotes. A 403 is not transient: it stops the rollout at once."""
+    from kubernetes.client.rest import ApiException
+    from ansible_collections.gpuops.cluster.plugins.modules import canary_rollout as mod
+    k8s, _ts, _prom, client = bed
+    app, version = "resnet-flaky", "32.0"
+    ns = setup_app(app, version, canary_replicas=1)
+    calls = {"n": 0}
+
+    def flaky(_attempt):
+        calls["n"] += 1
+        if calls["n"] % 3 == 1:
+            raise ApiException(status=503, reason="Service Unavailable (injected)")
+
+    params = {name: opt.get("default") for name, opt in mod.argument_spec().items()}
+    params.update(kubeconfig=k8s.kubeconfig, namespace=ns, virtual_service=app, revision=version,
+                  stable_deployment=f"{app}-stable", canary_deployment=f"{app}-canary", interval=1, threshold=1,
+                  step_weight=50, max_weight=50, progress_deadline=120,
+                  checks=[{"name": "canary-up", "kind": "deployment_available", "namespace": ns,
+                           "deployment": f"{app}-canary"}])
+    rollout, _checks = mod.build_rollout(params, client, emit=None, before_replace=flaky)
+    out = rollout.run()
+    assert out["status"] == "promoted", cs.brief(out)
+    assert calls["n"] >= 4 and calls["n"] % 3 != 1  # failures were injected and each was retried
+    assert cs.read_weights(client, ns, app) == {"stable": 100, "canary": 0}
+    assert cs.deployment_version(cs.read_deployment(client, ns, f"{app}-stable")) == version
+
+    denied = {"n": 0}
+
+    def forbidden(_attempt):
+        denied["n"] += 1
+        raise ApiException(status=403, reason="Forbidden (injected)")
+
+    ns2 = setup_app(app, "32.1")
+    params.update(namespace=ns2, revision="32.1", checks=[
+        {"name": "canary-up", "kind": "deployment_available", "namespace": ns2, "deployment": f"{app}-canary"}])
+    rollout, _checks = mod.build_rollout(params, client, emit=None, before_replace=forbidden)
+    with pytest.raises(mod.RolloutAborted) as err:
+        rollout.run()
+    assert "403" in str(err.value) and denied["n"] == 1, (str(err.value), denied)

@@ -575,3 +575,21 @@ def test_host_checks_fail_naming_host_and_threshold(tmp_path):
     for needle in ("[cp01] preflight_min_vcpus: the host has", "[cp01] preflight_min_memory_mb: the host has",
                    "[cp01] preflight_min_free_disk_gb:", "[cp01] preflight_supported_os:"):
         assert any(line.startswith(needle) for line in lines), f"{needle}\n{run.explain()}"
+
+
+def test_host_checks_report_an_unreachable_host_by_name(tmp_path):
+    """cp02 answers nowhere (ssh to a closed port on 127.0.0.1): its host checks cannot run, and
+    preflight must say so for cp02 instead of passing it; cp01 (local) is still checked."""
+    inv = mutated(both(hvar("cp02", "ansible_connection", "ssh"), hvar("cp02", "ansible_host", "127.0.0.1"),
+                       hvar("cp02", "ansible_port", 1), hvar("cp02", "ansible_ssh_common_args",
+                                                             "-o ConnectTimeout=5 -o BatchMode=yes")))
+    extra = ["--limit", "cp01,cp02", "-e", json.dumps({
+        "preflight_check_hosts": True, "preflight_min_vcpus": 1, "preflight_min_memory_mb": 256,
+        "preflight_min_free_disk_gb": 0, "preflight_disk_path": "/",
+        "preflight_supported_os": [{"distribution": "Debian", "versions": ["12", "13"]}],
+        "preflight_required_kernel_modules": []})]
+    run = run_case(tmp_path / "host-unreachable", inv, extra)
+    assert_failed_without_change(run)
+    lines = run.problem_lines()
+    assert any(line.startswith("[cp02] preflight_check_hosts: the host is unreachable") for line in lines), run.explain()
+    assert not any(line.startswith("[cp01]") for line in lines), run.explain()
