@@ -131,6 +131,41 @@ def parse_value(result):
     return value
 
 
+# Options of every module that queries Prometheus (documented by the gpuops.cluster.prometheus doc
+# fragment). Header values usually carry a bearer token: no_log masks them.
+PROMETHEUS_ARG_SPEC = {
+    "prometheus_url": {"type": "str"},
+    "prometheus_timeout": {"type": "int", "default": 10},
+    "prometheus_headers": {"type": "dict", "default": {}, "no_log": True},
+    "prometheus_validate_certs": {"type": "bool", "default": True},
+    "prometheus_ca_path": {"type": "path"},
+}
+
+
+def prometheus_argument_spec():
+    """A fresh copy of PROMETHEUS_ARG_SPEC to merge into a module's argument_spec."""
+    return dict((name, dict(opt)) for name, opt in PROMETHEUS_ARG_SPEC.items())
+
+
+def prometheus_settings(params):
+    """The connection settings in module ``params`` as the dict ``run_gate`` takes, or None without a URL."""
+    if not params.get("prometheus_url"):
+        return None
+    return {"url": params["prometheus_url"], "timeout": params.get("prometheus_timeout") or 10,
+            "headers": params.get("prometheus_headers") or {},
+            "validate_certs": params.get("prometheus_validate_certs", True) is not False,
+            "ca_path": params.get("prometheus_ca_path")}
+
+
+def client_from_params(params, opener=None):
+    """A PrometheusClient for module ``params`` (prometheus_url required)."""
+    s = prometheus_settings(params)
+    if s is None:
+        raise PrometheusError("prometheus_url is required")
+    return PrometheusClient(s["url"], timeout=s["timeout"], headers=s["headers"],
+                            validate_certs=s["validate_certs"], ca_path=s["ca_path"], opener=opener)
+
+
 class PrometheusClient:
     """GET /api/v1/query with an injectable opener (for tests) and bounded timeout."""
 

@@ -25,6 +25,10 @@ description:
   - Pure Python statistics (no scipy needed on the controller).
 author:
   - gpuops.cluster contributors (@gpuops)
+extends_documentation_fragment:
+  - gpuops.cluster.prometheus
+notes:
+  - O(prometheus_url) is required unless O(data) is given (they are mutually exclusive).
 attributes:
   check_mode:
     support: full
@@ -33,13 +37,6 @@ attributes:
     support: none
     description: Nothing changes.
 options:
-  prometheus_url:
-    description: Prometheus base URL; required unless O(data) is given.
-    type: str
-  prometheus_timeout:
-    description: Seconds per query.
-    type: int
-    default: 10
   model:
     description: TorchServe model name (label C(model_name)).
     type: str
@@ -125,15 +122,14 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpuops.cluster.plugins.module_utils.abtest import collect_from_prometheus, run_ab
 from ansible_collections.gpuops.cluster.plugins.module_utils.promql import (
-    PrometheusClient, PrometheusError, TemplateError)
+    PrometheusError, TemplateError, client_from_params, prometheus_argument_spec)
 from ansible_collections.gpuops.cluster.plugins.module_utils.stats import StatsError
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            prometheus_url=dict(type="str"),
-            prometheus_timeout=dict(type="int", default=10),
+            prometheus_argument_spec(),
             model=dict(type="str"),
             versions=dict(type="list", elements="str"),
             window=dict(type="str", default="10m"),
@@ -162,7 +158,7 @@ def main():
         else:
             if len(p["versions"]) != 2:
                 module.fail_json(msg="versions needs exactly two entries (A and B)")
-            prom = PrometheusClient(p["prometheus_url"], timeout=p["prometheus_timeout"])
+            prom = client_from_params(p)
             data = collect_from_prometheus(prom, p["model"], p["versions"], p["window"])
         res = run_ab(data, p["confidence"], p["min_requests"], latency_test=p["latency_test"])
     except (PrometheusError, TemplateError, StatsError) as exc:

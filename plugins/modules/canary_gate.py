@@ -24,6 +24,7 @@ author:
   - gpuops.cluster contributors (@gpuops)
 extends_documentation_fragment:
   - gpuops.cluster.k8s_auth
+  - gpuops.cluster.prometheus
 attributes:
   check_mode:
     support: full
@@ -32,21 +33,6 @@ attributes:
     support: none
     description: Nothing is changed, so there is no diff.
 options:
-  prometheus_url:
-    description: Base URL of the Prometheus HTTP API, for example C(http://prometheus.monitoring:9090).
-    type: str
-  prometheus_timeout:
-    description: Seconds to wait for one query.
-    type: int
-    default: 10
-  prometheus_headers:
-    description: Extra HTTP headers for Prometheus (for example an C(Authorization) bearer token).
-    type: dict
-    default: {}
-  prometheus_validate_certs:
-    description: Verify the TLS certificate of an C(https) Prometheus.
-    type: bool
-    default: true
   namespace:
     description: Value of C({{ namespace }}) in query templates.
     type: str
@@ -226,6 +212,7 @@ checks:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpuops.cluster.plugins.module_utils.gate import GateConfigError, run_gate
+from ansible_collections.gpuops.cluster.plugins.module_utils.promql import prometheus_argument_spec, prometheus_settings
 from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_client import (
     K8sClientError, get_api_client, k8s_auth_argument_spec, require_kubernetes)
 
@@ -255,11 +242,8 @@ CHECK_SPEC = dict(
 
 def argument_spec():
     spec = k8s_auth_argument_spec()
+    spec.update(prometheus_argument_spec())
     spec.update(
-        prometheus_url=dict(type="str"),
-        prometheus_timeout=dict(type="int", default=10),
-        prometheus_headers=dict(type="dict", default={}, no_log=False),
-        prometheus_validate_certs=dict(type="bool", default=True),
         namespace=dict(type="str"),
         target=dict(type="str"),
         interval=dict(type="str", default="1m"),
@@ -298,8 +282,7 @@ def main():
             module.fail_json(msg=str(exc))
     prom = None
     if p["prometheus_url"]:
-        prom = dict(url=p["prometheus_url"], timeout=p["prometheus_timeout"], headers=p["prometheus_headers"],
-                    validate_certs=p["prometheus_validate_certs"])
+        prom = prometheus_settings(p)
     try:
         result = run_gate(checks, template_variables(p), prom, k8s_client=k8s,
                           on_no_data=p["on_no_data"], on_error=p["on_error"])

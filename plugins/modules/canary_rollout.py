@@ -34,6 +34,7 @@ author:
   - gpuops.cluster contributors (@gpuops)
 extends_documentation_fragment:
   - gpuops.cluster.k8s_auth
+  - gpuops.cluster.prometheus
 attributes:
   check_mode:
     support: full
@@ -133,21 +134,6 @@ options:
       - Required for V(run).
     type: list
     elements: dict
-  prometheus_url:
-    description: Base URL of the Prometheus HTTP API used by metric checks.
-    type: str
-  prometheus_timeout:
-    description: Seconds to wait for one query.
-    type: int
-    default: 10
-  prometheus_headers:
-    description: Extra HTTP headers for Prometheus.
-    type: dict
-    default: {}
-  prometheus_validate_certs:
-    description: Verify the TLS certificate of an C(https) Prometheus.
-    type: bool
-    default: true
   model:
     description: Value of C({{ model }}) in query templates (the TorchServe model name).
     type: str
@@ -321,6 +307,7 @@ from ansible_collections.gpuops.cluster.plugins.module_utils.traffic import (
 from ansible_collections.gpuops.cluster.plugins.module_utils.rollout import (
     STATE_ANNOTATION, Rollout, RolloutAborted, RolloutConfigError, parse_state, route_subset_weights)
 from ansible_collections.gpuops.cluster.plugins.module_utils.gate import GateConfigError, run_gate, validate_checks
+from ansible_collections.gpuops.cluster.plugins.module_utils.promql import prometheus_argument_spec, prometheus_settings
 
 
 WEBHOOK_SPEC = dict(
@@ -335,6 +322,7 @@ WEBHOOK_SPEC = dict(
 
 def argument_spec():
     spec = k8s_auth_argument_spec()
+    spec.update(prometheus_argument_spec())
     spec.update(
         operation=dict(type="str", default="run", choices=["run", "rollback"]),
         namespace=dict(type="str", required=True),
@@ -357,10 +345,6 @@ def argument_spec():
         on_no_data=dict(type="str", default="fail", choices=["fail", "hold", "pass"]),
         on_error=dict(type="str", default="fail", choices=["fail", "hold"]),
         checks=dict(type="list", elements="dict"),
-        prometheus_url=dict(type="str"),
-        prometheus_timeout=dict(type="int", default=10),
-        prometheus_headers=dict(type="dict", default={}, no_log=False),
-        prometheus_validate_certs=dict(type="bool", default=True),
         model=dict(type="str"),
         target=dict(type="str"),
         metrics_interval=dict(type="str"),
@@ -413,10 +397,7 @@ def build_rollout(module, api_client, emit, now=time.time, sleep=time.sleep, bef
     deployments = DeploymentOps(api_client, ns, p["stable_deployment"], p["canary_deployment"],
                                 canary_replicas=p["canary_replicas"], wait_timeout=p["wait_timeout"],
                                 sleep=sleep, now=now)
-    prom = None
-    if p.get("prometheus_url"):
-        prom = dict(url=p["prometheus_url"], timeout=p["prometheus_timeout"], headers=p["prometheus_headers"],
-                    validate_certs=p["prometheus_validate_certs"])
+    prom = prometheus_settings(p)
     checks = [dict((k, v) for k, v in c.items() if v is not None) for c in (p.get("checks") or [])]
 
     def gate(variables):

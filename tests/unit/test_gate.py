@@ -176,3 +176,29 @@ def test_client_really_unreachable_port():
     s.close()
     with pytest.raises(promql.PrometheusError, match="unreachable"):
         promql.PrometheusClient("http://127.0.0.1:%d" % port, timeout=2).query("up")
+
+
+def test_shared_prometheus_options_reach_the_client():
+    """The options of the gpuops.cluster.prometheus doc fragment end up on the wire (headers) and in
+    the client (timeout, TLS); a module without prometheus_url gets no client."""
+    spec = promql.prometheus_argument_spec()
+    assert spec["prometheus_headers"]["no_log"] is True
+    assert set(spec) == {"prometheus_url", "prometheus_timeout", "prometheus_headers",
+                         "prometheus_validate_certs", "prometheus_ca_path"}
+    spec["prometheus_timeout"]["default"] = 99
+    assert promql.PROMETHEUS_ARG_SPEC["prometheus_timeout"]["default"] == 10, "callers get a copy"
+    assert promql.prometheus_settings({"prometheus_url": None}) is None
+    seen = {}
+
+    def opener(url, headers, timeout):
+        seen.update(url=url, headers=headers, timeout=timeout)
+        return 200, json.dumps({"status": "success", "data": {"resultType": "vector",
+                                                              "result": [{"value": [1, "3"]}]}})
+    params = {"prometheus_url": "https://prom.example:9090/", "prometheus_timeout": 7,
+              "prometheus_headers": {"Authorization": "Bearer t0k3n"}, "prometheus_validate_certs": False,
+              "prometheus_ca_path": "/etc/ssl/prom-ca.pem"}
+    client = promql.client_from_params(params, opener=opener)
+    assert client.validate_certs is False and client.ca_path == "/etc/ssl/prom-ca.pem"
+    assert client.query("up") == 3.0
+    assert seen["url"].startswith("https://prom.example:9090/api/v1/query?")
+    assert seen["headers"]["Authorization"] == "Bearer t0k3n" and seen["timeout"] == 7
