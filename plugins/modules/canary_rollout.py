@@ -419,6 +419,7 @@ def build_rollout(module, api_client, emit, now=time.time, sleep=time.sleep, bef
                progress_deadline=p["progress_deadline"], on_no_data=p["on_no_data"], on_error=p["on_error"],
                webhooks=[dict((k, v) for k, v in h.items() if v is not None) for h in p["webhooks"] or []],
                variables=variables)
+
     # A rollout runs for many intervals: one throttled (429) or failed (5xx, dropped connection) API
     # call must not abort it half-way. Every call below is safe to repeat (reads, or writes of an
     # absolute state from a fresh read), so transient errors are retried with backoff.
