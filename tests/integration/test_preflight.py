@@ -587,7 +587,7 @@ def test_host_checks_report_an_unreachable_host_by_name(tmp_path):
         "preflight_check_hosts": True, "preflight_min_vcpus": 1, "preflight_min_memory_mb": 256,
         "preflight_min_free_disk_gb": 0, "preflight_disk_path": "/",
         "preflight_supported_os": [{"distribution": "Debian", "versions": ["12", "13"]}],
-        "preflight_required_kernel_modules": []})]
+        "preflight_required_kernel_modules": [], "preflight_connect_timeout": 4})]
     run = run_case(tmp_path / "host-unreachable", inv, extra)
     assert_failed_without_change(run)
     lines = run.problem_lines()
