@@ -1,0 +1,62 @@
+"""playbooks/site.yml's layering, without nodes: the summary play that ends `make lab`, and the
+site playbook's syntax against the lab inventory. The full lab run (podman nodes) is `make lab`
+(docs/testing.md records its time); here every host is ``ansible_connection: local``."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _env():
+    env = dict(os.environ)
+    env.update({"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_NOCOLOR": "1",
+                "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")})
+    return env
+
+
+def _summary(tmp_path, host_vars, all_vars=None):
+    inv = {"all": {"vars": dict({"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
+                                **(all_vars or {})),
+                   "children": {"k8s_cluster": {"hosts": host_vars}}}}
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inv))
+    proc = subprocess.run(["timeout", "300", "ansible-playbook", "-i", str(tmp_path / "hosts.yml"),
+                           str(REPO / "playbooks" / "summary.yml")],
+                          capture_output=True, text=True, env=_env(), cwd=str(tmp_path), check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(proc.stdout[proc.stdout.index("{"):])
+    results = [res for play in doc["plays"] for task in play["tasks"] for res in task["hosts"].values()]
+    msgs = [r["msg"] for r in results if "msg" in r]
+    assert len(msgs) == 1, "the summary is printed once (run_once), got %d" % len(msgs)
+    return dict(line.split(": ", 1) for line in msgs[0].splitlines())
+
+
+def test_summary_groups_hosts_by_skip_reason(tmp_path):
+    lines = _summary(tmp_path, {
+        "n1": {"gpuops_skip_layers": {"storage": "no NVMe here", "network": "shared links"}},
+        "n2": {"gpuops_skip_layers": {"storage": "no NVMe here"}},
+        "n3": {"gpuops_skip_layers": {"storage": "disks are bare-metal only"}},
+    })
+    assert lines["preflight"] == "ran on all 3 hosts"
+    assert lines["network"] == "ran on n2, n3; SKIPPED on n1: shared links"
+    assert lines["storage"] == "SKIPPED on n1, n2: no NVMe here; SKIPPED on n3: disks are bare-metal only"
+    assert lines["kubeadm_control_plane"].startswith("not run: ")
+
+
+def test_summary_of_a_run_that_skips_a_layer_everywhere(tmp_path):
+    lines = _summary(tmp_path, {"n1": {}, "n2": {}}, {"gpuops_skip_layers": {"storage": "lab: no disks"}})
+    assert lines["storage"] == "SKIPPED on all 2 hosts: lab: no disks"
+    assert lines["os_baseline"] == "ran on all 2 hosts"
+
+
+def test_site_playbook_parses_against_the_lab_inventory():
+    proc = subprocess.run(["timeout", "300", "ansible-playbook", "--syntax-check", "-i",
+                           str(REPO / "inventories" / "lab" / "hosts.yml"), str(REPO / "playbooks" / "site.yml")],
+                          capture_output=True, text=True, env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
+                          cwd=str(REPO), check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
