@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -154,11 +155,24 @@ class Component:
     def __init__(self, name: Optional[str] = None, workdir: Optional[Path] = None,
                  lifetime: int = DEFAULT_LIFETIME):
         self.name = name or self.kind
-        self.workdir = Path(workdir) if workdir else RUN_ROOT / f"{self.name}-{os.getpid()}"
+        self.workdir = Path(workdir) if workdir else self._default_workdir(self.name)
         self.lifetime = lifetime
         self.procs: List[Proc] = []
         self.info: Dict[str, object] = {}
         self.started = False
+
+    _instances: Dict[str, int] = {}
+    _instances_lock = threading.Lock()
+
+    @classmethod
+    def _default_workdir(cls, name: str) -> Path:
+        """``<name>-<pid>`` for the first component of that name in this process, then
+        ``<name>-<pid>-2``, ``-3``...: two components must never share a work dir (measured: two
+        Prometheus on one TSDB directory, the second one's scrapes and queries went to a dead port)."""
+        with cls._instances_lock:
+            n = cls._instances.get(name, 0) + 1
+            cls._instances[name] = n
+        return RUN_ROOT / (f"{name}-{os.getpid()}" if n == 1 else f"{name}-{os.getpid()}-{n}")
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> "Component":
