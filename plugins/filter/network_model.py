@@ -148,8 +148,6 @@ def network_model(networks, interfaces, addresses, management="management"):
             if target["networks"]:
                 errors.append("networks %s and %s are both untagged on %s"
                               % (target["networks"][0], net_name, parent_name))
-            if parent["mtu"] is None or net_name == management:
-                pass
         target["networks"].append(net_name)
         target["addresses"].append("%s/%d" % (ip, cidr.prefixlen))
         target["dns"].extend([str(d) for d in net.get("dns") or []])

@@ -205,16 +205,14 @@ def storage_guard(claims, signatures, md_state=None, pvs=None, force=None):
                       "to storage_force_wipe_devices to let the role wipe it (destroys its data)."
                       % (dev, ", ".join(sigs), "array" if c["kind"] == "md" else "volume group",
                          c["owner"], dev))
-    create, existing = [], []
-    for name, info in md.items():
-        existing.append(name)
+    create = []
     seen = set()
     for c in claims or []:
         if c["kind"] == "md" and c["owner"] not in md and c["owner"] not in seen:
             create.append(c["owner"])
             seen.add(c["owner"])
     return {"errors": errors, "wipe": sorted(set(wipe)), "create": create,
-            "existing": sorted(existing), "detail": detail}
+            "existing": sorted(md), "detail": detail}
 
 
 def storage_check_existing(arrays, md_state):

@@ -27,7 +27,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible_collections.gpuops.cluster.plugins.module_utils.promql import (
-    BUILTIN_TEMPLATES, PrometheusClient, PrometheusError, TemplateError, render)
+    BUILTIN_TEMPLATES, PrometheusError, TemplateError, client_from_settings, render)
 from ansible_collections.gpuops.cluster.plugins.module_utils.torchserve import (
     TorchServeClient, TorchServeError, read_management_key, ready_workers)
 
@@ -206,10 +206,7 @@ def run_gate(checks, variables, prometheus, k8s_client=None, http=None, on_no_da
     validate_checks(checks)
     prom = prometheus
     if isinstance(prometheus, dict):
-        prom = PrometheusClient(prometheus["url"], timeout=prometheus.get("timeout", 10),
-                                headers=prometheus.get("headers"),
-                                validate_certs=prometheus.get("validate_certs", True),
-                                ca_path=prometheus.get("ca_path"))
+        prom = client_from_settings(prometheus)
     results = []
     for check in checks:
         kind = _kind(check)

@@ -157,13 +157,19 @@ def prometheus_settings(params):
             "ca_path": params.get("prometheus_ca_path")}
 
 
+def client_from_settings(settings, opener=None):
+    """A PrometheusClient from a ``prometheus_settings`` dict (url required, the rest optional)."""
+    return PrometheusClient(settings["url"], timeout=settings.get("timeout", 10), headers=settings.get("headers"),
+                            validate_certs=settings.get("validate_certs", True), ca_path=settings.get("ca_path"),
+                            opener=opener)
+
+
 def client_from_params(params, opener=None):
     """A PrometheusClient for module ``params`` (prometheus_url required)."""
     s = prometheus_settings(params)
     if s is None:
         raise PrometheusError("prometheus_url is required")
-    return PrometheusClient(s["url"], timeout=s["timeout"], headers=s["headers"],
-                            validate_certs=s["validate_certs"], ca_path=s["ca_path"], opener=opener)
+    return client_from_settings(s, opener=opener)
 
 
 class PrometheusClient:

@@ -280,9 +280,7 @@ def main():
             k8s = get_api_client(p)
         except K8sClientError as exc:
             module.fail_json(msg=str(exc))
-    prom = None
-    if p["prometheus_url"]:
-        prom = prometheus_settings(p)
+    prom = prometheus_settings(p)
     try:
         result = run_gate(checks, template_variables(p), prom, k8s_client=k8s,
                           on_no_data=p["on_no_data"], on_error=p["on_error"])
