@@ -27,6 +27,7 @@ if str(REPO) not in sys.path:
 # Session-scoped fixtures of the test bed; each module owns its component.
 pytest_plugins = [
     "tests.testbed.fixtures",
+    "tests.testbed.cpu_report",
 ]
 
 

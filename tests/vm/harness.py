@@ -186,6 +186,9 @@ class VM(Component):
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.workdir / "cp"),
             "ANSIBLE_RETRY_FILES_ENABLED": "False",
             "ANSIBLE_NOCOLOR": "1",
+            # per-task wall times in each ansible-<tag>.log: where the emulated CPU goes
+            "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
+            "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "25",
         })
         t0 = time.monotonic()
         log = self.workdir / f"ansible-{tag}.log"
