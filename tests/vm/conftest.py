@@ -1,4 +1,5 @@
-"""Fixtures for the QEMU VM tests (one guest at a time: they share 2 cores with everyone)."""
+"""Fixtures for the QEMU VM tests: one guest at a time per pytest process (scripts/test runs one
+process per tests/vm/test_*_vm.py file, side by side)."""
 
 import os
 
