@@ -58,7 +58,7 @@ def align_bins(a, b):
     return expand(a), expand(b)
 
 
-def run_ab(versions_data, confidence, min_requests, latency_test="welch"):
+def run_ab(versions_data, confidence, min_requests, latency_test="welch", min_latency_effect=0.1):
     """Compare two versions' data dicts; a winner only when significant and volume suffices."""
     a, b = versions_data
     for v in (a, b):
@@ -73,11 +73,14 @@ def run_ab(versions_data, confidence, min_requests, latency_test="welch"):
     else:
         ea.pop("latency_bins", None)
         eb.pop("latency_bins", None)
-    res = compare_versions(ea, eb, confidence=confidence, latency_test=latency_test)
+    res = compare_versions(ea, eb, confidence=confidence, latency_test=latency_test,
+                           min_latency_effect=min_latency_effect)
     if res["winner"]:
         reason = "significant"
     elif res["conflict"]:
         reason = "conflict"
+    elif res["latency"] and res["latency"]["negligible"]:
+        reason = "negligible_effect"
     else:
         reason = "not_significant"
     res.update(reason=reason, versions=[a, b])

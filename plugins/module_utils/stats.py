@@ -207,13 +207,25 @@ def mann_whitney_u_binned(counts_a, counts_b):
             "u_a": u_a, "u_b": u_b}
 
 
+def rank_biserial(u_a, u_b):
+    """Rank-biserial correlation (u_a - u_b) / (n_a * n_b), from -1 to 1.
+
+    The effect size of Mann-Whitney U: the probability that a sample of A is
+    larger than one of B minus the reverse (ties count half each way). 0 means
+    no shift; 0.1 is a small effect (A slower in 55 % of pairs), 0.3 medium,
+    0.5 large. Positive: A is slower.
+    """
+    total = u_a + u_b
+    return 0.0 if total <= 0 else (u_a - u_b) / total
+
+
 def _median(samples):
     s = sorted(samples)
     mid = len(s) // 2
     return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2.0
 
 
-def compare_versions(a, b, confidence=0.95, latency_test="welch"):
+def compare_versions(a, b, confidence=0.95, latency_test="welch", min_latency_effect=0.1):
     """Compare two versions' success ratio and latency; name a winner only when significant.
 
     ``a``/``b``: dicts with ``name``, ``requests``, ``errors`` and optional
@@ -221,11 +233,16 @@ def compare_versions(a, b, confidence=0.95, latency_test="welch"):
     over the same ordered buckets; always compared with Mann-Whitney U). Returns ``{"errors": {...},
     "latency": {...}|None, "winner": name|None, "significant": bool}``.
     A winner on errors is the version with the lower error ratio; on latency the
-    faster one. If the two tests disagree (one version better on errors, the other
-    on latency) no winner is named.
+    faster one, and only when the latency effect (rank-biserial correlation, see
+    ``rank_biserial``) is at least ``min_latency_effect``: with hundreds of samples a
+    few milliseconds of scheduling noise are "significant" without mattering.
+    If the two tests disagree (one version better on errors, the other on
+    latency) no winner is named.
     """
     if not 0.5 <= confidence < 1.0:
         raise StatsError("confidence must be within [0.5, 1)")
+    if not 0.0 <= min_latency_effect <= 1.0:
+        raise StatsError("min_latency_effect must be within [0, 1]")
     alpha = 1.0 - confidence
     err = two_proportion_z_test(a["requests"] - a["errors"], a["requests"],
                                 b["requests"] - b["errors"], b["requests"])
@@ -236,19 +253,26 @@ def compare_versions(a, b, confidence=0.95, latency_test="welch"):
     lat = None
     if a.get("latency_bins") and b.get("latency_bins"):
         lat = mann_whitney_u_binned(a["latency_bins"], b["latency_bins"])
-        lat["significant"] = lat["p_value"] < alpha
-        lat["better"] = (b["name"] if lat["u_a"] > lat["u_b"] else a["name"]) if lat["significant"] else None
+        lat["effect"] = rank_biserial(lat["u_a"], lat["u_b"])
+        a_slower = lat["u_a"] > lat["u_b"]
     elif a.get("latencies") and b.get("latencies"):
+        ranks = mann_whitney_u(a["latencies"], b["latencies"])
         if latency_test == "welch":
             lat = welch_t_test(a["latencies"], b["latencies"])
             a_slower = lat["mean_a"] > lat["mean_b"]
         elif latency_test == "mann-whitney":
-            lat = mann_whitney_u(a["latencies"], b["latencies"])
+            lat = ranks
             a_slower = lat["u_a"] > lat["u_b"]
         else:
             raise StatsError("latency_test must be welch or mann-whitney")
+        lat["effect"] = rank_biserial(ranks["u_a"], ranks["u_b"])
+    if lat is not None:
         lat["significant"] = lat["p_value"] < alpha
-        lat["better"] = (b["name"] if a_slower else a["name"]) if lat["significant"] else None
+        lat["min_effect"] = min_latency_effect
+        lat["negligible"] = lat["significant"] and abs(lat["effect"]) < min_latency_effect
+        lat["better"] = None
+        if lat["significant"] and not lat["negligible"]:
+            lat["better"] = b["name"] if a_slower else a["name"]
     verdicts = sorted(set(v for v in (err["better"], lat["better"] if lat else None) if v))
     winner = verdicts[0] if len(verdicts) == 1 else None
     return {"errors": err, "latency": lat, "winner": winner, "significant": winner is not None,

@@ -67,6 +67,16 @@ options:
     description: Fewer requests than this for either version gives RV(reason=insufficient_data) and no winner.
     type: int
     default: 100
+  min_latency_effect:
+    description:
+      - Smallest latency difference that can name a winner, as the rank-biserial correlation of the two
+        versions' latencies (0 to 1; the effect size of Mann-Whitney U). V(0.1) means one version is
+        slower in at least 55% of request pairs (a small effect); V(0.3) is medium, V(0.5) large.
+      - With hundreds of requests, a few milliseconds of scheduling noise on a busy node are
+        statistically significant without mattering; such a difference gives RV(reason=negligible_effect)
+        and no winner on latency. V(0) names a winner on significance alone.
+    type: float
+    default: 0.1
 """
 
 EXAMPLES = r"""
@@ -100,7 +110,9 @@ significant:
   returned: always
   type: bool
 reason:
-  description: V(significant), V(not_significant), V(conflict) or V(insufficient_data).
+  description:
+    - V(significant), V(not_significant), V(conflict), V(insufficient_data), or V(negligible_effect)
+      (latency differs significantly, but by less than O(min_latency_effect), and errors do not).
   returned: always
   type: str
 errors:
@@ -108,7 +120,10 @@ errors:
   returned: when both versions have enough requests
   type: dict
 latency:
-  description: Latency test result (test, statistic, p_value, significant, better), null without latency data.
+  description:
+    - Latency test result (test, statistic, p_value, significant, better), null without latency data.
+    - C(effect) is the rank-biserial correlation (positive when A is slower), C(negligible) is true when
+      the difference is significant but smaller than O(min_latency_effect).
   returned: when both versions have enough requests
   type: dict
 versions:
@@ -137,6 +152,7 @@ def main():
             confidence=dict(type="float", default=0.95),
             latency_test=dict(type="str", choices=["welch", "mann-whitney"], default="welch"),
             min_requests=dict(type="int", default=100),
+            min_latency_effect=dict(type="float", default=0.1),
         ),
         mutually_exclusive=[("data", "prometheus_url")],
         required_one_of=[("data", "prometheus_url")],
@@ -160,7 +176,8 @@ def main():
                 module.fail_json(msg="versions needs exactly two entries (A and B)")
             prom = client_from_params(p)
             data = collect_from_prometheus(prom, p["model"], p["versions"], p["window"])
-        res = run_ab(data, p["confidence"], p["min_requests"], latency_test=p["latency_test"])
+        res = run_ab(data, p["confidence"], p["min_requests"], latency_test=p["latency_test"],
+                     min_latency_effect=p["min_latency_effect"])
     except (PrometheusError, TemplateError, StatsError) as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(changed=False, **res)

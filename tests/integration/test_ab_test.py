@@ -46,7 +46,10 @@ def test_worse_version_loses_significantly(ab_bed, tmp_path):
 def test_identical_versions_have_no_winner(ab_bed, tmp_path):
     _ts, prom = ab_bed
     out = ab(tmp_path, prom, ["41.0", "42.0"])
-    assert out["winner"] is None and out["significant"] is False
+    # Under CPU contention one worker can be a few ms slower on a handful of requests: that may be
+    # significant, but it is below min_latency_effect (reason negligible_effect), never a winner.
+    assert out["winner"] is None and out["significant"] is False, out["latency"]
+    assert out["reason"] in ("not_significant", "negligible_effect"), out
     assert out["errors"]["p_value"] == pytest.approx(1.0)
     assert out["latency"] is not None, "latency buckets from the handler histogram were compared"
 

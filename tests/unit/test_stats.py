@@ -101,3 +101,48 @@ def test_compare_with_latency_bins_names_faster_version():
     res = stats.compare_versions({"name": "old", "requests": 500, "errors": 0, "latency_bins": [400, 90, 10, 0]},
                                  {"name": "new", "requests": 500, "errors": 0, "latency_bins": [50, 100, 250, 100]})
     assert res["latency"]["significant"] and res["winner"] == "old"
+
+
+def test_rank_biserial_matches_scipy_u():
+    rng = random.Random(3)
+    a = [rng.gauss(20, 3) for _i in range(80)]
+    b = [rng.gauss(21, 3) for _i in range(120)]
+    res = stats.mann_whitney_u(a, b)
+    ref = sp.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic")
+    assert stats.rank_biserial(res["u_a"], res["u_b"]) == pytest.approx(2 * ref.statistic / (80 * 120) - 1)
+    assert stats.rank_biserial(0.0, 0.0) == 0.0
+
+
+# What the test bed saw under CPU contention (two identical versions, 300 requests each, a
+# handful of requests of one worker pushed into the next buckets): significant, but no winner.
+NOISE_A, NOISE_B = [300, 0, 0, 0], [282, 12, 5, 1]
+
+
+def test_significant_but_negligible_latency_names_no_winner():
+    a = {"name": "41.0", "requests": 300, "errors": 0, "latency_bins": NOISE_A}
+    b = {"name": "42.0", "requests": 300, "errors": 0, "latency_bins": NOISE_B}
+    res = stats.compare_versions(a, b, confidence=0.95)
+    lat = res["latency"]
+    assert lat["significant"] and lat["p_value"] < 0.05, lat
+    assert lat["negligible"] and 0 < -lat["effect"] < 0.1, lat
+    assert res["winner"] is None and not res["significant"]
+    strict = stats.compare_versions(a, b, confidence=0.95, min_latency_effect=0.0)
+    assert strict["winner"] == "41.0" and not strict["latency"]["negligible"]
+
+
+def test_effect_threshold_applies_to_raw_samples_too():
+    rng = random.Random(8)
+    a = {"name": "a", "requests": 4000, "errors": 0, "latencies": [rng.gauss(20.0, 2) for _i in range(4000)]}
+    b = {"name": "b", "requests": 4000, "errors": 0, "latencies": [rng.gauss(20.3, 2) for _i in range(4000)]}
+    for test in ("welch", "mann-whitney"):
+        res = stats.compare_versions(a, b, latency_test=test)
+        assert res["latency"]["significant"] and res["latency"]["negligible"], (test, res["latency"])
+        assert res["winner"] is None
+        assert stats.compare_versions(a, b, latency_test=test, min_latency_effect=0.0)["winner"] == "a"
+
+
+@pytest.mark.parametrize("effect", [-0.1, 1.5])
+def test_compare_rejects_bad_min_latency_effect(effect):
+    with pytest.raises(stats.StatsError):
+        stats.compare_versions({"name": "a", "requests": 1, "errors": 0}, {"name": "b", "requests": 1, "errors": 0},
+                               min_latency_effect=effect)

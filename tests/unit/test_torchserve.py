@@ -90,3 +90,12 @@ def test_run_ab_insufficient_data():
     res = abtest.run_ab([{"name": "a", "requests": 5, "errors": 0}, {"name": "b", "requests": 500, "errors": 0}],
                         0.95, 100)
     assert res["reason"] == "insufficient_data" and res["winner"] is None
+
+
+def test_run_ab_reports_negligible_latency_effect():
+    a = {"name": "a", "requests": 300, "errors": 0, "latency_bounds": [0.005, 0.01, 0.025, float("inf")],
+         "latency_bins": [300, 0, 0, 0]}
+    b = dict(a, name="b", latency_bins=[282, 12, 5, 1])
+    res = abtest.run_ab([a, b], 0.95, 100)
+    assert res["reason"] == "negligible_effect" and res["winner"] is None
+    assert abtest.run_ab([a, b], 0.95, 100, min_latency_effect=0.0)["reason"] == "significant"
