@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -29,6 +30,17 @@ pytest_plugins = [
     "tests.testbed.fixtures",
     "tests.testbed.cpu_report",
 ]
+
+
+def _terminated(signum, _frame):
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
+def pytest_configure(config):
+    """SIGTERM (CI's time limit, ``kill PID``) ends pytest like Ctrl-C: fixture finalizers still
+    stop every test-bed server, guest and node this run started, instead of leaving them to
+    their own lifetime bound."""
+    signal.signal(signal.SIGTERM, _terminated)
 
 
 def pytest_addoption(parser):
