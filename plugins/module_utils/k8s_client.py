@@ -194,6 +194,15 @@ def retry_transient(fn, attempts=5, base_delay=0.5, max_delay=4.0, sleep=time.sl
     return wrapper
 
 
+def retry_warning(warn):
+    """``on_retry`` callback for ``retry_transient`` that reports each retry through ``warn(msg)``
+    (``AnsibleModule.warn``), so a retried rollout or split says what the API server answered."""
+    def on_retry(exc, attempt, delay):
+        detail = api_error_message(exc) if isinstance(exc, ApiException) else str(exc)
+        warn("transient Kubernetes API error (attempt %d, retrying in %.1f s): %s" % (attempt, delay, detail))
+    return on_retry
+
+
 def api_error_message(exc):
     """A one-line, human message for an ApiException (status, reason and the API's message)."""
     status = getattr(exc, "status", None)

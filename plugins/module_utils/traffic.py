@@ -276,3 +276,14 @@ def set_traffic(routes, namespace, name, weights, route=None, force=False, dry_r
             continue
     raise TrafficError("VirtualService %s/%s kept changing under us: %d write conflicts (HTTP 409) in a row; "
                        "another controller may be rewriting it" % (namespace, name, conflicts))
+
+
+def set_traffic_retrying(routes, namespace, name, weights, transient_retries=5, on_retry=None, sleep=None, **kwargs):
+    """``set_traffic``, with transient API errors (HTTP 429/5xx, a dropped connection, a read
+    timeout; see ``k8s_client.is_transient``) retried with exponential backoff, ``transient_retries``
+    retries at most. Safe to repeat: each try re-reads the object and writes an absolute state with
+    its resourceVersion. 4xx answers (RBAC, validation) and TrafficError are never retried."""
+    from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_client import retry_transient
+    extra = {} if sleep is None else {"sleep": sleep}
+    run = retry_transient(set_traffic, attempts=transient_retries + 1, on_retry=on_retry, **extra)
+    return run(routes, namespace, name, weights, **kwargs)

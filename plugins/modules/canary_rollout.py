@@ -301,7 +301,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
 from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_client import (
     ApiException, DeploymentOps, K8sClientError, api_error_message, connection_error_message, get_api_client, k8s_auth_argument_spec,
-    require_kubernetes, retry_transient)
+    require_kubernetes, retry_transient, retry_warning)
 from ansible_collections.gpuops.cluster.plugins.module_utils.traffic import (
     IstioRoutes, TrafficError, set_traffic)
 from ansible_collections.gpuops.cluster.plugins.module_utils.rollout import (
@@ -423,10 +423,7 @@ def build_rollout(module, api_client, emit, now=time.time, sleep=time.sleep, bef
     # A rollout runs for many intervals: one throttled (429) or failed (5xx, dropped connection) API
     # call must not abort it half-way. Every call below is safe to repeat (reads, or writes of an
     # absolute state from a fresh read), so transient errors are retried with backoff.
-    def on_retry(exc, attempt, delay):
-        if hasattr(module, "warn"):
-            module.warn("transient Kubernetes API error (attempt %d, retrying in %.1f s): %s"
-                        % (attempt, delay, api_error_message(exc) if isinstance(exc, ApiException) else exc))
+    on_retry = retry_warning(module.warn) if hasattr(module, "warn") else None
 
     def retried(fn):
         return retry_transient(fn, attempts=p["max_retries"] + 1, sleep=sleep, on_retry=on_retry) if fn else None

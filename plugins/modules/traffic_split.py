@@ -59,7 +59,12 @@ options:
     type: bool
     default: false
   max_retries:
-    description: How many times to re-read and retry after a write conflict (HTTP 409).
+    description:
+      - How many times to re-read and retry after a write conflict (HTTP 409), and, separately, after a
+        transient API error (HTTP 429, 500, 502, 503, 504, a dropped connection or a read timeout), with
+        exponential backoff (0.5, 1, 2, 4, 4 s ...) and a warning per retry.
+      - Every try re-reads the C(VirtualService) and writes an absolute state with its resourceVersion,
+        so a retry never applies a change twice. Other 4xx answers (RBAC, validation) are never retried.
     type: int
     default: 5
   api_version:
@@ -127,9 +132,9 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_client import (
     ApiException, K8sClientError, api_error_message, connection_error_message, get_api_client, k8s_auth_argument_spec,
-    require_kubernetes)
+    require_kubernetes, retry_warning)
 from ansible_collections.gpuops.cluster.plugins.module_utils.traffic import (
-    IstioRoutes, TrafficError, set_traffic)
+    IstioRoutes, TrafficError, set_traffic_retrying)
 
 
 def main():
@@ -150,8 +155,9 @@ def main():
         module.fail_json(msg="max_retries must be 0 or more, got %d" % p["max_retries"])
     try:
         routes = IstioRoutes(get_api_client(p), api_version=p["api_version"])
-        res = set_traffic(routes, p["namespace"], p["name"], p["weights"], route=p["route"],
-                          force=p["force"], dry_run=module.check_mode, max_retries=p["max_retries"])
+        res = set_traffic_retrying(routes, p["namespace"], p["name"], p["weights"], route=p["route"],
+                                   force=p["force"], dry_run=module.check_mode, max_retries=p["max_retries"],
+                                   transient_retries=p["max_retries"], on_retry=retry_warning(module.warn))
     except (TrafficError, K8sClientError) as exc:
         module.fail_json(msg=str(exc))
     except ApiException as exc:

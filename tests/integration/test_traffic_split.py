@@ -6,7 +6,8 @@ calls the module core with a hook that writes the object between our read and ou
 
 import pytest
 
-from ansible_collections.gpuops.cluster.plugins.module_utils.traffic import IstioRoutes, set_traffic
+from ansible_collections.gpuops.cluster.plugins.module_utils.traffic import (
+    IstioRoutes, set_traffic, set_traffic_retrying)
 from tests.integration import canary_support as cs
 
 pytestmark = pytest.mark.integration
@@ -103,6 +104,27 @@ def test_conflicts_are_bounded(k8s, admin, ns):
     with pytest.raises(TrafficError, match="3 write conflicts"):
         set_traffic(routes, ns, "resnet", {"stable": 60, "canary": 40}, max_retries=2,
                     before_replace=always_conflict)
+
+
+def test_transient_api_error_is_retried_against_the_real_apiserver(k8s, admin, ns):
+    """The first write fails with HTTP 503 before it reaches the apiserver (injected through the test
+    hook); the retry re-reads, writes once, and the object holds the new weights."""
+    from kubernetes.client.rest import ApiException
+    from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_client import retry_warning
+    calls, warnings = [], []
+
+    def unavailable_once(attempt):
+        calls.append(attempt)
+        if len(calls) == 1:
+            raise ApiException(status=503, reason="Service Unavailable (injected)")
+
+    rv = cs.get_vs(admin, ns, "resnet")["metadata"]["resourceVersion"]
+    res = set_traffic_retrying(IstioRoutes(admin), ns, "resnet", {"stable": 90, "canary": 10},
+                               on_retry=retry_warning(warnings.append), before_replace=unavailable_once)
+    assert res["changed"] and len(calls) == 2, (res, calls)
+    assert len(warnings) == 1 and "HTTP 503" in warnings[0], warnings
+    assert cs.read_weights(admin, ns, "resnet") == {"stable": 90, "canary": 10}
+    assert int(cs.get_vs(admin, ns, "resnet")["metadata"]["resourceVersion"]) > int(rv)
 
 
 @pytest.mark.parametrize("meta,why", [

@@ -130,3 +130,57 @@ def test_foreign_owner_ignores_unrelated_owners():
     v = vs([route("primary", stable=100)], ownerReferences=[
         {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"}], labels={"app": "flagger-demo"})
     assert t.foreign_owner(v) is None
+
+
+class FlakyRoutes(object):
+    """In-memory stand-in for IstioRoutes whose writes first fail with the given API errors."""
+
+    def __init__(self, failures):
+        self.obj = vs([route("primary", stable=100, canary=0)])
+        self.failures = list(failures)
+        self.reads = 0
+
+    def get_virtual_service(self, namespace, name):
+        self.reads += 1
+        return self.obj
+
+    def list_destination_rules(self, namespace):
+        return DR
+
+    def replace_virtual_service(self, namespace, name, body, dry_run=False):
+        if self.failures:
+            raise self.failures.pop(0)
+        self.obj = body
+        return body
+
+
+def test_transient_api_errors_are_retried_with_backoff_and_a_warning():
+    from kubernetes.client.rest import ApiException
+    from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_client import retry_warning
+    routes = FlakyRoutes([ApiException(status=503, reason="Service Unavailable"), ConnectionResetError("reset")])
+    warnings, sleeps = [], []
+    res = t.set_traffic_retrying(routes, "serving", "resnet", {"stable": 80, "canary": 20}, transient_retries=3,
+                                 on_retry=retry_warning(warnings.append), sleep=sleeps.append)
+    assert res["changed"] and t.route_weights(routes.obj["spec"]["http"][0]) == {"stable": 80, "canary": 20}
+    assert sleeps == [0.5, 1.0] and routes.reads == 3  # every try re-reads
+    assert "HTTP 503" in warnings[0] and "attempt 1" in warnings[0] and "reset" in warnings[1]
+
+
+@pytest.mark.parametrize("status", [403, 422])
+def test_client_errors_are_not_retried(status):
+    from kubernetes.client.rest import ApiException
+    routes = FlakyRoutes([ApiException(status=status)])
+    sleeps = []
+    with pytest.raises(ApiException):
+        t.set_traffic_retrying(routes, "serving", "resnet", {"stable": 80, "canary": 20}, sleep=sleeps.append)
+    assert sleeps == [] and routes.reads == 1
+
+
+def test_transient_retries_are_bounded():
+    from kubernetes.client.rest import ApiException
+    routes = FlakyRoutes([ApiException(status=500)] * 5)
+    sleeps = []
+    with pytest.raises(ApiException):
+        t.set_traffic_retrying(routes, "serving", "resnet", {"stable": 80, "canary": 20}, transient_retries=2,
+                               sleep=sleeps.append)
+    assert len(sleeps) == 2 and routes.reads == 3
