@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from tests.testbed.common import private_stdin
+
 REPO = Path(__file__).resolve().parents[2]
 STATE_ANNOTATION = "gpuops.io/canary-state"
 VERSION_ANNOTATION = "gpuops.io/model-version"
@@ -317,7 +319,9 @@ def run_playbook(playbook: Path, extra_vars: dict, workdir: Path, env: Optional[
             str(playbook), "-e", f"@{vars_file}", "-e", "ansible_python_interpreter=" + _python()]
     if check:
         argv += ["--check", "--diff"]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=full_env, cwd=str(workdir), check=False)
+    with private_stdin() as stdin:
+        proc = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, env=full_env, cwd=str(workdir),
+                              check=False)
     out: Dict[str, object] = {"rc": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr, "tasks": {}}
     try:
         doc = json.loads(proc.stdout[proc.stdout.index("{"):])
@@ -345,8 +349,9 @@ def start_playbook(playbook: Path, extra_vars: dict, workdir: Path, env: Optiona
     argv = ["timeout", str(int(timeout)), "ansible-playbook", "-i", "localhost,", "-c", "local",
             str(playbook), "-e", f"@{vars_file}", "-e", "ansible_python_interpreter=" + _python()]
     log = open(workdir / f"playbook-{time.time_ns()}.log", "wb")
-    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=str(workdir),
-                            start_new_session=True)
+    with private_stdin() as stdin:
+        return subprocess.Popen(argv, stdin=stdin, stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                                cwd=str(workdir), start_new_session=True)
 
 
 def _python() -> str:

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.testbed.common import private_stdin
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("GPUOPS_CACHE", str(Path.home() / ".cache" / "gpuops")))
 LOG_DIR = Path(os.environ.get("GPUOPS_TESTBED_DIR", "/tmp/gpuops-testbed")) / "molecule"
@@ -69,16 +71,18 @@ def test_molecule_scenario(role):
     t0 = time.monotonic()
     with open(log, "wb") as out:
         try:
-            proc = subprocess.run(
-                ["timeout", "--kill-after=30", str(SCENARIO_TIMEOUT), sys.executable, "-m", "molecule", "test"],
-                cwd=REPO / "roles" / role, env=_env(), stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, check=False)
+            with private_stdin() as stdin:
+                proc = subprocess.run(
+                    ["timeout", "--kill-after=30", str(SCENARIO_TIMEOUT), sys.executable, "-m", "molecule", "test"],
+                    cwd=REPO / "roles" / role, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+                    stdin=stdin, check=False)
         finally:
             seconds = round(time.monotonic() - t0, 1)
             # molecule killed by the timeout (or pytest) leaves its nodes running: remove them.
-            subprocess.run(["timeout", "300", sys.executable, "-m", "molecule", "destroy"],
-                           cwd=REPO / "roles" / role, env=_env(), stdout=out, stderr=subprocess.STDOUT,
-                           stdin=subprocess.DEVNULL, check=False)
+            with private_stdin() as stdin:
+                subprocess.run(["timeout", "300", sys.executable, "-m", "molecule", "destroy"],
+                               cwd=REPO / "roles" / role, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+                               stdin=stdin, check=False)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a") as res:
         res.write(json.dumps({"role": role, "rc": proc.returncode, "seconds": seconds,

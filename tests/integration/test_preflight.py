@@ -28,6 +28,8 @@ from typing import Callable, Dict, List, Optional
 import pytest
 import yaml
 
+from tests.testbed.common import private_stdin
+
 REPO = Path(__file__).resolve().parents[2]
 SITE = REPO / "tests" / "integration" / "preflight_cases" / "site.yml"
 WORKERS = int(os.environ.get("GPUOPS_PREFLIGHT_WORKERS", "2"))
@@ -399,7 +401,9 @@ def run_case(workdir: Path, inv: dict, extra: Optional[List[str]] = None) -> Run
     cmd = ["ansible-playbook", "-i", str(inv_file), str(SITE),
            "-e", f"preflight_test_sentinel_dir={sentinels}"] + (extra or [])
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=300, check=False)
+    with private_stdin() as stdin:
+        proc = subprocess.run(cmd, stdin=stdin, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=300,
+                              check=False)
     seconds = time.monotonic() - t0
     try:
         doc = json.loads(proc.stdout)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.testbed.common import private_stdin
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -25,9 +27,10 @@ def _summary(tmp_path, host_vars, all_vars=None):
                                 **(all_vars or {})),
                    "children": {"k8s_cluster": {"hosts": host_vars}}}}
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inv))
-    proc = subprocess.run(["timeout", "300", "ansible-playbook", "-i", str(tmp_path / "hosts.yml"),
-                           str(REPO / "playbooks" / "summary.yml")],
-                          capture_output=True, text=True, env=_env(), cwd=str(tmp_path), check=False)
+    with private_stdin() as stdin:
+        proc = subprocess.run(["timeout", "300", "ansible-playbook", "-i", str(tmp_path / "hosts.yml"),
+                               str(REPO / "playbooks" / "summary.yml")],
+                              stdin=stdin, capture_output=True, text=True, env=_env(), cwd=str(tmp_path), check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads(proc.stdout[proc.stdout.index("{"):])
     results = [res for play in doc["plays"] for task in play["tasks"] for res in task["hosts"].values()]
@@ -55,8 +58,9 @@ def test_summary_of_a_run_that_skips_a_layer_everywhere(tmp_path):
 
 
 def test_site_playbook_parses_against_the_lab_inventory():
-    proc = subprocess.run(["timeout", "300", "ansible-playbook", "--syntax-check", "-i",
-                           str(REPO / "inventories" / "lab" / "hosts.yml"), str(REPO / "playbooks" / "site.yml")],
-                          capture_output=True, text=True, env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
-                          cwd=str(REPO), check=False)
+    with private_stdin() as stdin:
+        proc = subprocess.run(["timeout", "300", "ansible-playbook", "--syntax-check", "-i",
+                               str(REPO / "inventories" / "lab" / "hosts.yml"), str(REPO / "playbooks" / "site.yml")],
+                              stdin=stdin, capture_output=True, text=True,
+                              env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")), cwd=str(REPO), check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,6 +1,6 @@
-"""Test-bed lifecycle: a pytest run that is terminated (CI's time limit, ``kill PID``) still stops
+"""Test-bed plumbing: a pytest run that is terminated (CI's time limit, ``kill PID``) still stops
 the servers it started, through the fixtures' finalizers (tests/conftest.py turns SIGTERM into
-KeyboardInterrupt)."""
+KeyboardInterrupt); children get a stdin of their own (tests/testbed/common.py private_stdin)."""
 
 import os
 import signal
@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.testbed.common import private_stdin
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -57,3 +59,25 @@ def test_sigterm_stops_the_servers_of_a_run(tmp_path):
         os.kill(pid, signal.SIGKILL)
     assert "KeyboardInterrupt" in output, output
     assert not left, "SIGTERM left the probe's Prometheus running: PIDs %s\n%s" % (left, output)
+
+
+# What a killed ssh leaves on the stdin it was given (CI: the VM tier's ssh wait for a booting guest,
+# then "Ansible requires blocking IO on stdin/stdout/stderr" from the next ansible-playbook).
+SET_NON_BLOCKING = [sys.executable, "-c", "import os; os.set_blocking(0, False)"]
+
+
+def ansible_version(stdin):
+    return subprocess.run(["ansible-playbook", "--version"], stdin=stdin, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_a_private_stdin_keeps_a_non_blocking_flag_from_reaching_ansible():
+    with open(os.devnull, "rb") as shared:  # the trap: one open /dev/null (like subprocess.DEVNULL) for two children
+        subprocess.run(SET_NON_BLOCKING, stdin=shared, check=True)
+        trapped = ansible_version(shared)
+    assert trapped.returncode != 0 and "requires blocking IO" in trapped.stdout + trapped.stderr, trapped
+    with private_stdin() as stdin:
+        subprocess.run(SET_NON_BLOCKING, stdin=stdin, check=True)
+    with private_stdin() as stdin:
+        ok = ansible_version(stdin)
+    assert ok.returncode == 0 and "ansible-playbook [core" in ok.stdout, ok

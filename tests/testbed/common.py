@@ -13,6 +13,7 @@ can stop it later from another shell.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -61,6 +62,20 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str,
     tails = "\n".join(p.tail() for p in procs or [])
     raise TestbedError(f"timed out after {timeout}s waiting for {what}"
                        f" (last error: {last_exc!r})\n{tails}")
+
+
+@contextlib.contextmanager
+def private_stdin():
+    """A /dev/null opened for one child alone, to pass as its stdin.
+
+    ssh switches the stdin it is given to non-blocking and cannot switch it back when it is killed
+    (a timed-out wait for a booting guest); ansible-core then refuses to start on that stdin
+    ("Ansible requires blocking IO on stdin/stdout/stderr"). An inherited stdin or
+    ``subprocess.DEVNULL`` is one open file description shared by every child of the process (and
+    by every pytest stream of ``scripts/test``), so the flag would travel from an ssh to a later
+    ansible-playbook. A private open() is a description of its own."""
+    with open(os.devnull, "rb") as devnull:
+        yield devnull
 
 
 def require_binary(name: str, hint: str = "run scripts/setup") -> str:

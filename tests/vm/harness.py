@@ -28,7 +28,8 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
-from tests.testbed.common import CACHE, REPO, Component, TestbedError, free_port, require_binary, wait_for
+from tests.testbed.common import (CACHE, REPO, Component, TestbedError, free_port, private_stdin, require_binary,
+                                  wait_for)
 
 VM_DIR = CACHE / "vm"
 BUILD_SCRIPT = REPO / "scripts" / "build" / "vm-image.sh"
@@ -147,8 +148,9 @@ class VM(Component):
                 "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
 
     def ssh(self, command: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
-        res = subprocess.run(["ssh"] + self.ssh_args() + ["root@127.0.0.1", command],
-                             capture_output=True, text=True, timeout=timeout)
+        with private_stdin() as stdin:  # ssh leaves its stdin non-blocking when killed
+            res = subprocess.run(["ssh"] + self.ssh_args() + ["root@127.0.0.1", command],
+                                 stdin=stdin, capture_output=True, text=True, timeout=timeout)
         if check and res.returncode != 0:
             raise AssertionError(f"ssh {command!r} rc={res.returncode}\n{res.stdout}\n{res.stderr}")
         return res
@@ -193,10 +195,10 @@ class VM(Component):
         t0 = time.monotonic()
         log = self.workdir / f"ansible-{tag}.log"
         # streamed to the log file so a slow run can be followed with tail -f
-        with open(log, "w") as f:
+        with open(log, "w") as f, private_stdin() as stdin:
             f.write(" ".join(shlex.quote(a) for a in argv) + "\n")
             f.flush()
-            res = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, text=True, env=env,
+            res = subprocess.run(argv, stdin=stdin, stdout=f, stderr=subprocess.STDOUT, text=True, env=env,
                                  timeout=timeout, cwd=str(REPO))
         out = log.read_text(errors="replace")
         return PlaybookResult(argv, res.returncode, out, time.monotonic() - t0)
