@@ -10,6 +10,7 @@ import os
 import ssl
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -122,6 +123,32 @@ def test_fake_gpu_nodes_report_capacity_and_zones(k8s, api):
         assert ready and ready[0].status == "True", f"{n.metadata.name} not Ready: {ready}"
         zones.add(n.metadata.labels["topology.kubernetes.io/zone"])
     assert {"zone-a", "zone-b"} <= zones
+
+
+def test_fake_nodes_heartbeat_through_renewed_leases(k8s, api):
+    """Like a kubelet, kwok holds a Lease per node in kube-node-lease and renews it. Without the
+    heartbeat the node lifecycle controller declared every node NotReady once per grace period and
+    marked all their pods NotReady for good: a rollback in CI waited 300 s on 0 available pods."""
+    from tests.testbed.k8s import NODE_LEASE_SECONDS
+    coord = client.CoordinationV1Api(api)
+    nodes = [n.metadata.name for n in client.CoreV1Api(api).list_node(label_selector="type=kwok").items]
+
+    def renewals():
+        leases = {le.metadata.name: le for le in coord.list_namespaced_lease("kube-node-lease").items}
+        missing = sorted(set(nodes) - set(leases))
+        assert not missing, f"no node Lease for {missing} (kwok --node-lease-duration-seconds)"
+        for name in nodes:
+            assert leases[name].spec.lease_duration_seconds == NODE_LEASE_SECONDS, leases[name].spec
+        return {name: leases[name].spec.renew_time for name in nodes}
+
+    first = renewals()
+    deadline = time.monotonic() + NODE_LEASE_SECONDS
+    while time.monotonic() < deadline:
+        later = renewals()
+        if all(later[n] > first[n] for n in nodes):
+            return
+        time.sleep(1)
+    raise AssertionError(f"node leases not renewed within {NODE_LEASE_SECONDS} s: {first} -> {later}")
 
 
 def test_deployment_rolls_out_on_fake_gpu_nodes(k8s, api):

@@ -55,6 +55,7 @@ KWOK_STAGES = CACHE / "share" / "kwok" / KWOK_VERSION / "stages"
 KWOK_STAGE_FILES = ("node-initialize.yaml", "node-heartbeat-with-lease.yaml",
                     "pod-ready.yaml", "pod-complete.yaml", "pod-delete.yaml")
 SERVICE_CIDR = "10.96.0.0/16"
+NODE_LEASE_SECONDS = 40  # a kubelet's default; kwok renews at a quarter of it
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # Nodes kwok manages carry this label; real pods never run on them.
 FAKE_NODE_LABEL = ("type", "kwok")
@@ -495,6 +496,11 @@ class KubeCluster(Component):
             "--manage-nodes-with-label-selector", "=".join(FAKE_NODE_LABEL),
             "--server-address", f"127.0.0.1:{kwok_port}",
             "--cidr", "10.244.0.0/16", "--node-ip", "10.10.0.1",
+            # a kubelet's heartbeat: kwok creates and renews a Lease per node in kube-node-lease.
+            # Without it (kwok's flag default is 0 when no KwokConfiguration is given) the node
+            # lifecycle controller saw every node NotReady once per grace period and marked their
+            # pods NotReady; kwok never made them Ready again (a Deployment stuck at 0 available).
+            "--node-lease-duration-seconds", str(NODE_LEASE_SECONDS),
         ])
         self.info.update(kwok_port=kwok_port)
         wait_for(lambda: _http_ok(f"http://127.0.0.1:{kwok_port}/healthz"), 60, "kwok /healthz",
