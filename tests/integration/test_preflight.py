@@ -316,12 +316,28 @@ CASES: List[tuple] = [
      [["[gpu01]", "os_baseline_disable_swap", "must be a bool", "role os_baseline"]]),
     ("role-option-not-a-choice", cvar("kubernetes_packages_mode", "snap"),
      [["[all hosts]", "kubernetes_packages_mode", '"snap"', "not one of apt, binary"]]),
+    # contract classes that once crashed preflight or slipped through it
+    ("host-name-differs-only-in-case", lambda inv: _rename(inv, "wk01", "GPU01"),
+     [["[GPU01]", "inventory_hostname", "only in letter case", "gpu01"], ["[GPU01]", "RFC 1123"]]),
+    ("undefined-template-variable", addr("gpu01", "cluster", "address", "{{ gpu01_cluster_ip }}"),
+     [["[gpu01]", "gpuops_node_addresses.cluster.address", "cannot be templated", "gpu01_cluster_ip"]]),
+    ("ansible-host-not-management-address", hvar("cp02", "ansible_host", "192.168.10.99"),
+     [["[cp02]", "ansible_host", "192.168.10.99", "gpuops_node_addresses.management.address 192.168.10.12"]]),
     # every problem at once, not one at a time
     ("several-problems-at-once",
      both(cvar("gpuops_control_plane_ha", "yes"), addr("gpu01", "cluster", "address", "10.10.1.21"),
           hvar("gpu02", "gpuops_zone", DELETE), net("cluster", "vlan", 5000)),
      [["[all hosts]", "gpuops_control_plane_ha"], ["[gpu01]", "gpuops_node_addresses.cluster.address"],
       ["[gpu02]", "gpuops_zone"], ["[all hosts]", "gpuops_networks.cluster.vlan"]]),
+    ("several-new-classes-at-once",
+     both(cvar("gpuops_service_cidr", "10.96.0.0/29"), hvar("gpu02", "gpuops_kubernetes_version", "1.35.4"),
+          lambda inv: inv["hosts"]["cp01"]["gpuops_node_interfaces"].__setitem__(
+              1, {"name": "enp129s0f0np0", "type": "ethernet", "mtu": 9000}),
+          addr("cp01", "cluster", "interface", "enp129s0f0np0"), addr("cp01", "storage", "interface", "enp129s0f0np0"),
+          net("management", "dns", ["10.96.0.5"])),
+     [["[all hosts]", "gpuops_service_cidr", "10th address"], ["[gpu02]", "gpuops_kubernetes_version", "on most hosts"],
+      ["[cp01]", "gpuops_node_addresses.cluster.interface", "enp129s0f0np0.100", "IFNAMSIZ"],
+      ["[all hosts]", "gpuops_networks.management.dns[0]", "inside gpuops_service_cidr"]]),
 ]
 
 
@@ -480,6 +496,30 @@ def test_bad_inventory_fails_in_check_mode_too(tmp_path):
     assert_failed_without_change(run)
     assert any("[gpu01] gpuops_node_addresses.cluster.address 10.10.1.21" in line
                for line in run.problem_lines()), run.explain()
+
+
+def test_ip_address_host_names_pass(tmp_path):
+    """Hosts named by their management IP are valid node names, not duplicates of each other."""
+    inv = base_inventory()
+    for h in list(inv["hosts"]):
+        _rename(inv, h, inv["hosts"][h]["ansible_host"])
+    run = run_case(tmp_path / "ip-names", inv)
+    assert run.rc == 0, run.explain()
+    assert run.problem_lines() == []
+
+
+def test_sample_inventory_passes(tmp_path):
+    """inventories/sample (the documented production inventory) passes the real preflight play."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"), ANSIBLE_RETRY_FILES_ENABLED="0")
+    cmd = ["ansible-playbook", "-i", str(REPO / "inventories" / "sample" / "hosts.yml"),
+           str(REPO / "playbooks" / "preflight.yml"), "--check",
+           "-e", json.dumps({"ansible_connection": "local", "ansible_python_interpreter": sys.executable})]
+    with private_stdin() as stdin:
+        proc = subprocess.run(cmd, stdin=stdin, cwd=str(REPO), env=env, capture_output=True, text=True,
+                              timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "Preflight passed: 10 hosts validated" in proc.stdout, proc.stdout[-4000:]
 
 
 def test_downgrade_allowed_with_the_flag(tmp_path):

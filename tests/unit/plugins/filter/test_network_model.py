@@ -42,17 +42,18 @@ def test_network_model_inventory_example():
 
 
 @pytest.mark.parametrize("mutate,needle", [
-    (lambda n, i, a: a["cluster"].update(address="10.11.0.5"), "outside 10.10.0.0/24"),
+    (lambda n, i, a: a["cluster"].update(address="10.11.0.5"), "10.11.0.5 is not a usable address of gpuops_networks.cluster.cidr 10.10.0.0/24"),
     (lambda n, i, a: n["cluster"].update(vlan=5000), "1-4094"),
-    (lambda n, i, a: a.pop("management"), "gpuops_node_addresses.management is required"),
+    (lambda n, i, a: a.pop("management"), "gpuops_node_addresses.management is not defined"),
     (lambda n, i, a: a["cluster"].update(interface="ens1f0"), "member of bond bond0"),
     (lambda n, i, a: a["cluster"].update(interface="eth9"), "not declared"),
-    (lambda n, i, a: i[1].update(mtu=1500), "VLAN bond0.100 MTU 9000 is larger than its parent bond0 MTU 1500"),
+    (lambda n, i, a: i[1].update(mtu=1500), "gpuops_networks.cluster.mtu 9000 is larger than the mtu 1500 of its parent interface bond0"),
     (lambda n, i, a: i[1].update(bond_mode="lacp"), "bond_mode"),
-    (lambda n, i, a: n["storage"].update(vlan=100), "both use VLAN 100"),
+    (lambda n, i, a: n["storage"].update(vlan=100), "VLAN 100 on bond0 is already used by network cluster"),
     (lambda n, i, a: a["storage"].update(address="10.20.0.0/24"), "not an IP address"),
 ])
 def test_network_model_errors(mutate, needle):
+    """The model's errors are the inventory contract's problems for the node (one set of rules)."""
     import copy
     n, i, a = copy.deepcopy(NETS), copy.deepcopy(IFS), copy.deepcopy(ADDR)
     mutate(n, i, a)
