@@ -57,6 +57,7 @@ def inventory_gather(hostvars, hosts, names):
     """{"hostvars": {host: {name: value}}, "unreadable": [problem]} for the given hosts and names."""
     out = {}
     unreadable = []
+    names = sorted(set(names), key=list(names).index)
     for h in hosts:
         one = {}
         try:
