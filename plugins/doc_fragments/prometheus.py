@@ -17,8 +17,11 @@ options:
         (C(/api/v1/query) is appended).
     type: str
   prometheus_timeout:
-    description: Seconds to wait for one query.
-    type: int
+    description:
+      - Seconds one query may take in all, from connecting to the last byte of the answer (not one socket
+        read), more than 0. When it runs out, the error says whether Prometheus was V(unreachable) (no
+        connection) or V(slow) (connected, the answer did not arrive in time).
+    type: float
     default: 10
   prometheus_headers:
     description:

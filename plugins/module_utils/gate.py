@@ -26,6 +26,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import json
+
 from ansible_collections.gpuops.cluster.plugins.module_utils.promql import (
     BUILTIN_TEMPLATES, PrometheusError, TemplateError, client_from_settings, render)
 from ansible_collections.gpuops.cluster.plugins.module_utils.torchserve import (
@@ -153,29 +155,26 @@ def evaluate_torchserve_ready(check, http=None):
 
 
 def evaluate_deployment(check, k8s_client):
+    """The Deployment's readiness by the collection's one rule (``k8s_readiness``)."""
     if k8s_client is None:
         return _result(check, "deployment_available", "error", message="no Kubernetes client configured")
     try:
         from kubernetes.client import AppsV1Api
-        from kubernetes.client.rest import ApiException
     except ImportError as exc:  # pragma: no cover
         return _result(check, "deployment_available", "error", message="kubernetes library missing: %s" % exc)
+    from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_errors import k8s_error_message
+    from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_readiness import deployment_readiness
+    what = "Deployment %s/%s" % (check["namespace"], check["deployment"])
     try:
-        dep = AppsV1Api(k8s_client).read_namespaced_deployment(check["deployment"], check["namespace"])
-    except ApiException as exc:
-        return _result(check, "deployment_available", "error",
-                       message="reading deployment %s/%s: HTTP %s %s" % (
-                           check["namespace"], check["deployment"], exc.status, exc.reason))
-    except Exception as exc:
-        return _result(check, "deployment_available", "error", message="Kubernetes API unreachable: %s" % exc)
-    desired = dep.spec.replicas if dep.spec.replicas is not None else 1
-    available = (dep.status.available_replicas or 0) if dep.status else 0
-    updated = (dep.status.updated_replicas or 0) if dep.status else 0
-    generation_ok = dep.status is not None and (dep.status.observed_generation or 0) >= (dep.metadata.generation or 0)
-    ok = generation_ok and available >= desired and updated >= desired
-    note = "" if generation_ok else ", rollout not observed yet"
-    return _result(check, "deployment_available", "pass" if ok else "fail", value=available,
-                   message="%d/%d available, %d updated%s" % (available, desired, updated, note))
+        resp = AppsV1Api(k8s_client).read_namespaced_deployment(check["deployment"], check["namespace"],
+                                                                _preload_content=False)
+        dep = json.loads(resp.data)
+    except Exception as exc:  # an unreadable Deployment is an error, never a pass
+        return _result(check, "deployment_available", "error", message=k8s_error_message(exc, what) or
+                       "%s: %s" % (what, exc))
+    ready = deployment_readiness(dep, require_running=True)
+    return _result(check, "deployment_available", "pass" if ready["ready"] else "fail", value=ready["available"],
+                   message=ready["message"])
 
 
 def decide(results, checks, on_no_data="fail", on_error="fail"):

@@ -15,11 +15,16 @@ __metaclass__ = type
 import json
 import math
 import re
+import ssl
+import threading
 
 try:  # Python 3
-    from urllib.parse import urlencode
+    from http.client import HTTPConnection, HTTPSConnection
+    from urllib.parse import urlencode, urlsplit
 except ImportError:  # pragma: no cover
+    from httplib import HTTPConnection, HTTPSConnection  # type: ignore
     from urllib import urlencode  # type: ignore
+    from urlparse import urlsplit  # type: ignore
 
 PLACEHOLDER = re.compile(r"{{\s*([A-Za-z_][A-Za-z0-9_]*)\s*}}")
 # a value is inserted inside "..." of a label matcher or as a range: no quotes,
@@ -84,6 +89,14 @@ class PrometheusError(RuntimeError):
     """Prometheus could not be reached or answered with an error."""
 
 
+class PrometheusUnreachable(PrometheusError):
+    """No connection to Prometheus (refused, no route, DNS, TLS handshake, connect timeout)."""
+
+
+class PrometheusSlow(PrometheusError):
+    """Connected, but the whole answer did not arrive within the timeout."""
+
+
 def placeholders(template):
     return sorted(set(PLACEHOLDER.findall(template)))
 
@@ -135,7 +148,7 @@ def parse_value(result):
 # fragment). Header values usually carry a bearer token: no_log masks them.
 PROMETHEUS_ARG_SPEC = {
     "prometheus_url": {"type": "str"},
-    "prometheus_timeout": {"type": "int", "default": 10},
+    "prometheus_timeout": {"type": "float", "default": 10},
     "prometheus_headers": {"type": "dict", "default": {}, "no_log": True},
     "prometheus_validate_certs": {"type": "bool", "default": True},
     "prometheus_ca_path": {"type": "path"},
@@ -147,11 +160,20 @@ def prometheus_argument_spec():
     return dict((name, dict(opt)) for name, opt in PROMETHEUS_ARG_SPEC.items())
 
 
+def prometheus_errors(params):
+    """Messages for connection options that cannot work (a timeout of 0 or less), to fail before any change."""
+    timeout = params.get("prometheus_timeout")
+    if timeout is not None and not timeout > 0:
+        return ["prometheus_timeout must be more than 0 seconds, got %r" % (timeout,)]
+    return []
+
+
 def prometheus_settings(params):
     """The connection settings in module ``params`` as the dict ``run_gate`` takes, or None without a URL."""
     if not params.get("prometheus_url"):
         return None
-    return {"url": params["prometheus_url"], "timeout": params.get("prometheus_timeout") or 10,
+    timeout = params.get("prometheus_timeout")
+    return {"url": params["prometheus_url"], "timeout": 10 if timeout is None else timeout,
             "headers": params.get("prometheus_headers") or {},
             "validate_certs": params.get("prometheus_validate_certs", True) is not False,
             "ca_path": params.get("prometheus_ca_path")}
@@ -173,27 +195,82 @@ def client_from_params(params, opener=None):
 
 
 class PrometheusClient:
-    """GET /api/v1/query with an injectable opener (for tests) and bounded timeout."""
+    """GET /api/v1/query with an injectable opener (for tests).
+
+    ``timeout`` bounds the whole request (connect, send, every byte of the answer), not one socket
+    read: a server trickling its answer cannot stall the caller. When it runs out, the error tells
+    ``PrometheusUnreachable`` (no connection was made) from ``PrometheusSlow`` (connected, the answer
+    was not complete in time).
+    """
 
     def __init__(self, url, timeout=10, headers=None, validate_certs=True, ca_path=None, opener=None):
         if not url:
             raise PrometheusError("prometheus url is empty")
+        if timeout is None or not timeout > 0:
+            raise PrometheusError("prometheus timeout must be more than 0 seconds, got %r" % (timeout,))
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.headers = dict(headers or {})
         self.validate_certs = validate_certs
         self.ca_path = ca_path
-        self._opener = opener or self._urllib_open
+        self._opener = opener
 
-    def _urllib_open(self, url, headers, timeout):
-        from ansible.module_utils.urls import open_url
-        from ansible.module_utils.six.moves.urllib.error import HTTPError
+    def _http_get(self, url, headers, timeout, progress):
+        """One GET over http.client; ``progress["connected"]`` is set once the TCP (and TLS) connection is up."""
+        parts = urlsplit(url)
+        if parts.scheme == "https":
+            ctx = ssl.create_default_context(cafile=self.ca_path)
+            if not self.validate_certs:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            conn = HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=ctx)
+        elif parts.scheme == "http":
+            conn = HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        else:
+            raise PrometheusError("prometheus url %s: scheme must be http or https" % self.url)
         try:
-            resp = open_url(url, headers=headers, timeout=timeout, validate_certs=self.validate_certs,
-                            ca_path=self.ca_path)
-            return resp.getcode(), resp.read()
-        except HTTPError as exc:
-            return exc.code, exc.read()
+            try:
+                conn.connect()
+            except (OSError, IOError) as exc:
+                raise PrometheusUnreachable("prometheus at %s unreachable: %s" % (self.url, exc))
+            progress["connected"] = True
+            conn.request("GET", "%s?%s" % (parts.path, parts.query), headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def _fetch(self, url):
+        """(status, body) within ``timeout`` seconds in all, or PrometheusUnreachable / PrometheusSlow."""
+        box, progress = {}, {"connected": self._opener is not None}
+
+        def work():
+            try:
+                if self._opener is not None:
+                    box["answer"] = self._opener(url, self.headers, self.timeout)
+                else:
+                    box["answer"] = self._http_get(url, self.headers, self.timeout, progress)
+            except Exception as exc:  # pylint: disable=broad-except - handed to the caller below
+                box["error"] = exc
+
+        worker = threading.Thread(target=work, name="prometheus-query")
+        worker.daemon = True  # a stalled read never keeps the module process alive
+        worker.start()
+        worker.join(self.timeout)
+        if worker.is_alive():
+            if progress["connected"]:
+                raise PrometheusSlow("prometheus at %s is slow: connected, but no complete answer within %ss"
+                                     % (self.url, self.timeout))
+            raise PrometheusUnreachable("prometheus at %s unreachable: no connection within %ss"
+                                        % (self.url, self.timeout))
+        if "error" in box:
+            exc = box["error"]
+            if isinstance(exc, PrometheusError):
+                raise exc
+            if progress["connected"] and self._opener is None:
+                raise PrometheusError("prometheus at %s broke off the answer: %s" % (self.url, exc))
+            raise PrometheusUnreachable("prometheus at %s unreachable: %s" % (self.url, exc))
+        return box["answer"]
 
     def query(self, promql):
         """Evaluate an instant query; returns float or None (no values)."""
@@ -214,10 +291,7 @@ class PrometheusClient:
     def query_data(self, promql):
         """The ``data`` object of /api/v1/query; raises PrometheusError on any failure."""
         url = "%s/api/v1/query?%s" % (self.url, urlencode({"query": promql}))
-        try:
-            status, body = self._opener(url, self.headers, self.timeout)
-        except Exception as exc:  # network errors of any kind: never a pass
-            raise PrometheusError("prometheus at %s unreachable: %s" % (self.url, exc))
+        status, body = self._fetch(url)  # network errors of any kind raise: never a pass
         try:
             doc = json.loads(body.decode("utf-8") if isinstance(body, bytes) else body)
         except ValueError:

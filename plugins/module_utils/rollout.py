@@ -65,31 +65,40 @@ class RolloutAborted(RuntimeError):
         self.result = result
 
 
+def _is_number(value, integer=False):
+    if isinstance(value, bool) or value is None:
+        return False
+    if integer:
+        return isinstance(value, int)
+    return isinstance(value, (int, float)) and value == value and value not in (float("inf"), float("-inf"))
+
+
 def validate_config(cfg):
-    """Check and complete a config dict; returns a new dict with defaults applied."""
+    """Check and complete a config dict; returns a new dict with defaults applied.
+
+    Every number is checked, 0 and negatives included, before anything is changed; a default only
+    fills an option that was not given (None), never a 0."""
     c = dict(cfg)
-    c.setdefault("step_weight", None)
-    c.setdefault("step_weights", None)
-    c.setdefault("max_weight", None)
-    c.setdefault("threshold", 5)
-    c.setdefault("interval", 60)
-    c.setdefault("progress_deadline", 600)
-    c.setdefault("on_no_data", "fail")
-    c.setdefault("on_error", "fail")
-    c.setdefault("webhooks", [])
-    c.setdefault("variables", {})
+    for key, default in (("threshold", 5), ("interval", 60), ("progress_deadline", 600), ("on_no_data", "fail"),
+                         ("on_error", "fail"), ("webhooks", []), ("variables", {})):
+        if c.get(key) is None:
+            c[key] = default
+    for key in ("step_weight", "step_weights", "max_weight"):
+        c.setdefault(key, None)
     if not c.get("revision"):
         raise RolloutConfigError("revision is required: it names the canary release (e.g. the new model version) "
                                  "so that an interrupted rollout can be resumed and a finished one is not re-run")
-    if c["step_weight"] and c["step_weights"]:
+    if c["step_weight"] is not None and c["step_weights"] is not None:
         raise RolloutConfigError("give step_weight or step_weights, not both")
-    if not c["step_weight"] and not c["step_weights"]:
+    if c["step_weights"] is not None and not c["step_weights"]:
+        raise RolloutConfigError("step_weights is empty: give the canary weights to go through, e.g. [5, 25, 50]")
+    if c["step_weight"] is None and c["step_weights"] is None:
         c["step_weight"] = 10
-    if c["step_weight"] is not None and not 1 <= int(c["step_weight"]) <= 100:
-        raise RolloutConfigError("step_weight must be between 1 and 100, got %s" % c["step_weight"])
+    if c["step_weight"] is not None and not (_is_number(c["step_weight"], True) and 1 <= c["step_weight"] <= 100):
+        raise RolloutConfigError("step_weight must be an integer between 1 and 100, got %r" % (c["step_weight"],))
     if c["step_weights"]:
-        sw = [int(w) for w in c["step_weights"]]
-        if any(w < 1 or w > 100 for w in sw) or sw != sorted(set(sw)):
+        sw = list(c["step_weights"])
+        if not all(_is_number(w, True) for w in sw) or any(w < 1 or w > 100 for w in sw) or sw != sorted(set(sw)):
             raise RolloutConfigError("step_weights must be strictly increasing integers between 1 and 100, got %s" % sw)
         c["step_weights"] = sw
         if c["max_weight"] is not None and c["max_weight"] != sw[-1]:
@@ -97,14 +106,14 @@ def validate_config(cfg):
                                      % (c["max_weight"], sw[-1]))
     if c["max_weight"] is None:
         c["max_weight"] = c["step_weights"][-1] if c["step_weights"] else 50
-    if not 1 <= int(c["max_weight"]) <= 100:
-        raise RolloutConfigError("max_weight must be between 1 and 100, got %s" % c["max_weight"])
-    if int(c["threshold"]) < 1:
-        raise RolloutConfigError("threshold must be 1 or more, got %s" % c["threshold"])
-    if float(c["interval"]) <= 0:
-        raise RolloutConfigError("interval must be more than 0 seconds, got %s" % c["interval"])
-    if float(c["progress_deadline"]) < float(c["interval"]):
-        raise RolloutConfigError("progress_deadline (%ss) must be at least one interval (%ss)"
+    if not (_is_number(c["max_weight"], True) and 1 <= c["max_weight"] <= 100):
+        raise RolloutConfigError("max_weight must be an integer between 1 and 100, got %r" % (c["max_weight"],))
+    if not (_is_number(c["threshold"], True) and c["threshold"] >= 1):
+        raise RolloutConfigError("threshold must be an integer of 1 or more, got %r" % (c["threshold"],))
+    if not (_is_number(c["interval"]) and c["interval"] > 0):
+        raise RolloutConfigError("interval must be more than 0 seconds, got %r" % (c["interval"],))
+    if not (_is_number(c["progress_deadline"]) and c["progress_deadline"] >= c["interval"]):
+        raise RolloutConfigError("progress_deadline (%rs) must be at least one interval (%ss)"
                                  % (c["progress_deadline"], c["interval"]))
     if c["on_no_data"] not in NO_DATA_CHOICES:
         raise RolloutConfigError("on_no_data must be one of %s" % ", ".join(NO_DATA_CHOICES))
@@ -154,8 +163,10 @@ class Rollout(object):
     """One canary release driven to promotion or rollback."""
 
     def __init__(self, cfg, read_route, write_route, gate, webhook=None, scale=None, promote=None,
-                 restore=None, emit=None, now=time.time, sleep=time.sleep):
+                 restore=None, emit=None, now=time.time, sleep=time.sleep, wait_stable=None, canary_ready=None):
         self.cfg = validate_config(cfg)
+        self.wait_stable = wait_stable
+        self.canary_ready = canary_ready
         self.read_route = read_route
         self.write_route = write_route
         self.gate = gate
@@ -363,6 +374,8 @@ class Rollout(object):
                     decision = gate_res.get("decision")
                     if decision not in ("pass", "fail", "hold"):
                         decision = "fail"
+                    if canary_w > 0 and _saw_traffic(gate_res.get("checks")):
+                        state["traffic_seen"] = state.get("traffic_seen", 0) + 1
                     if decision == "fail":
                         state["failed_checks"] += 1
                         self._save(state, 100 - canary_w, canary_w)
@@ -390,6 +403,19 @@ class Rollout(object):
                     last_progress = self.now()
                     self._tick()
                     continue
+                # 5. a canary that never ran or never served is not promoted, whatever the checks said
+                refusal = self._promotion_refusal(state)
+                if refusal is not None:
+                    kind, why = refusal
+                    if kind == "fail":
+                        state["failed_checks"] += 1
+                    self._save(state, 100 - canary_w, canary_w)
+                    self._record(state, canary_w, "failed_check" if kind == "fail" else "hold", decision=kind,
+                                 checks=gate_res.get("checks"), message="not promoted: " + why)
+                    if state["failed_checks"] >= int(cfg["threshold"]):
+                        return self._rollback(state, canary_w, "not promoted: %s" % why)
+                    self._tick()
+                    continue
                 ok, msgs2 = self._call_hooks("confirm-promotion", "WaitingPromotion")
                 if not ok:
                     self._save(state, 100 - canary_w, canary_w)
@@ -408,19 +434,46 @@ class Rollout(object):
         except (RolloutConfigError, RolloutAborted):
             raise
         except Exception as exc:
-            state["reason"] = str(exc)
-            raise RolloutAborted("rollout of %s stopped: %s" % (cfg["revision"], exc),
-                                 self._result(state, "failed", str(exc), weights))
+            hint = resume_hint(state, weights)
+            state["reason"] = "%s; %s" % (exc, hint)
+            raise RolloutAborted("rollout of %s stopped: %s; %s" % (cfg["revision"], exc, hint),
+                                 self._result(state, "failed", state["reason"], weights))
+
+    def _promotion_refusal(self, state):
+        """None when the canary may be promoted, else ("fail"|"hold", why): a canary Deployment that is
+        not running and available counts as a failed check; no evidence that the canary ever served
+        traffic (no metric check returned data at a canary weight above 0) holds, so the progress
+        deadline ends a rollout that never gets traffic."""
+        if self.canary_ready is not None:
+            ready = self.canary_ready()
+            if not ready.get("ready"):
+                return "fail", "the canary is not running: %s" % ready.get("message")
+        if not state.get("traffic_seen"):
+            return "hold", ("no metric check has seen the canary's traffic yet (no data at a canary weight above "
+                            "0%): a canary that never served is never promoted")
+        return None
 
     def _promote(self, state, canary_w):
+        """Canary 100%, stable rewritten to the canary's version and waited for, stable 100%. When the
+        rewrite or the wait fails, the stable's previous template is put back and the stable takes
+        100% again (status rolled_back, the reason says so); when that fails too, RolloutAborted
+        leaves phase ``promoting`` and the previous template in the state for ``operation: rollback``."""
         state["phase"] = "promoting"
         self._save(state, 0, 100)
         self._record(state, canary_w, "promote", new_weight=100, message="canary takes 100% while the stable "
                      "workload is rewritten to the new version")
-        if self.promote_fn is not None:
-            previous = self.promote_fn(state)
-            if previous is not None and not state.get("previous_stable"):
-                state["previous_stable"] = previous
+        try:
+            if self.promote_fn is not None:
+                previous = self.promote_fn(state)
+                if previous is not None and not state.get("previous_stable"):
+                    state["previous_stable"] = previous
+                    self._save(state, 0, 100)  # the way back is recorded before the wait
+            if self.wait_stable is not None and self.promote_fn is not None:
+                self.wait_stable()
+        except _RolledBackElsewhere:
+            raise
+        except Exception as exc:  # pylint: disable=broad-except
+            return self._undo_promotion(state, exc)
         state["phase"] = "promoted"
         state["reason"] = "analysis passed at %d%%" % max_weight(self.cfg)
         self._save(state, 100, 0)
@@ -431,6 +484,38 @@ class Rollout(object):
                      message="stable now runs %s and takes 100%%%s" % (
                          self.cfg["revision"], ("; " + "; ".join(msgs)) if msgs else ""))
         return self._result(state, "promoted", state["reason"], {"stable": 100, "canary": 0})
+
+    def _undo_promotion(self, state, cause):
+        previous = state.get("previous_stable")
+        restored = None
+        if previous and self.restore_fn is not None:
+            try:
+                restored = self.restore_fn(previous)
+            except Exception as exc:  # pylint: disable=broad-except
+                state["reason"] = ("promotion failed (%s) and restoring the previous stable template failed (%s); "
+                                   "the canary still takes 100%%: run operation: rollback to restore the stable "
+                                   "version from the state annotation" % (cause, exc))
+                self._record(state, 100, "promotion_failed", new_weight=100, message=state["reason"])
+                raise RolloutAborted("rollout of %s: %s" % (self.cfg["revision"], state["reason"]),
+                                     self._result(state, "failed", state["reason"], {"stable": 0, "canary": 100}))
+        state["phase"] = "rolled_back"
+        state["previous_stable"] = None
+        if previous:
+            state["reason"] = ("promotion failed (%s): the stable Deployment's previous template was restored and "
+                               "the stable version takes 100%% again" % cause)
+        else:
+            state["reason"] = ("promotion failed (%s) before the stable Deployment was rewritten: the stable "
+                               "version takes 100%% again" % cause)
+        self._save(state, 100, 0)
+        if self.scale is not None:
+            self.scale("down")
+        _ok, msgs = self._call_hooks("post-rollout", "Failed")
+        self._record(state, 100, "rolled_back", new_weight=0,
+                     message=state["reason"] + (("; " + "; ".join(msgs)) if msgs else ""))
+        res = self._result(state, "rolled_back", state["reason"], {"stable": 100, "canary": 0})
+        if isinstance(restored, dict):
+            res["restored"] = dict(restored, template=previous.get("template"))
+        return res
 
     def _rollback(self, state, canary_w, reason):
         state["phase"] = "rolled_back"
@@ -450,7 +535,7 @@ class Rollout(object):
         weights, state = self.read_route()
         state = dict(state or self._new_state(weights["canary"]))
         restored = None
-        if state.get("phase") == "promoted" and state.get("previous_stable"):
+        if state.get("phase") in ("promoted", "promoting") and state.get("previous_stable"):
             if self.restore_fn is None:
                 raise RolloutConfigError("the last rollout was promoted; restoring the previous stable version "
                                          "needs the stable workload (stable_deployment)")
@@ -458,7 +543,8 @@ class Rollout(object):
                 restored = self.restore_fn(state["previous_stable"])
                 if isinstance(restored, dict):
                     restored = dict(restored, template=state["previous_stable"].get("template"))
-            reason = "rolled back after promotion: previous stable version restored"
+            reason = "rolled back after %s: previous stable version restored" % (
+                "promotion" if state.get("phase") == "promoted" else "an unfinished promotion")
             state["previous_stable"] = None
         elif state.get("phase") == "rolled_back" and weights == {"stable": 100, "canary": 0}:
             return self._result(state, "rolled_back", "already rolled back; nothing to do", weights)
@@ -499,6 +585,19 @@ def route_subset_weights(vs, route, stable_subset, canary_subset):
         raise RolloutConfigError("the route sends to neither subset %s nor %s (it has: %s)"
                                  % (stable_subset, canary_subset, ", ".join(sorted(weights))))
     return {"stable": weights.get(stable_subset, 0), "canary": weights.get(canary_subset, 0)}
+
+
+def _saw_traffic(checks):
+    """True when a metric check returned a value: the canary served requests in the window."""
+    return any((c.get("kind") or "metric") == "metric" and c.get("status") in ("pass", "fail")
+               and c.get("value") is not None for c in checks or [])
+
+
+def resume_hint(state, weights):
+    """What a user can do after a rollout stopped half-way: the state annotation is the resume point."""
+    return ("the state annotation keeps phase %s at canary weight %s%% with %s failed check(s): re-run the same "
+            "task to resume from there, or run operation: rollback to send 100%% to stable"
+            % (state.get("phase"), (weights or {}).get("canary"), state.get("failed_checks", 0)))
 
 
 def _summary(checks):

@@ -13,6 +13,8 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import copy
+import random
+import time
 
 ISTIO_GROUP = "networking.istio.io"
 DEFAULT_API_VERSION = "v1"
@@ -181,8 +183,11 @@ def apply_weights(vs, route_index, weights):
     return new
 
 
-def plan(vs, route, weights, destination_rules, force=False):
+def plan(vs, route, weights, destination_rules, force=False, zero_unnamed=False):
     """Validate a request against the observed objects.
+
+    A destination of the route that carries traffic and is not named in ``weights`` would lose it
+    silently: refused unless ``zero_unnamed``.
 
     Returns dict(route_index, host, before, after, changed, new_vs).
     Raises TrafficError with a message that says what to fix.
@@ -207,8 +212,13 @@ def plan(vs, route, weights, destination_rules, force=False):
         raise TrafficError("subset(s) %s not defined by any DestinationRule for host %s in namespace %s "
                            "(defined: %s)" % (", ".join(missing), host, namespace,
                                               ", ".join(sorted(known)) or "none"))
-    # a weight on a subset not mentioned keeps its destination at 0: the request must cover all
-    # subsets currently carrying traffic, otherwise we would silently move their share
+    # a subset not mentioned keeps its destination at 0: a subset that carries traffic now would
+    # silently lose its share, so the caller must name it (with 0 to drain it) or say zero_unnamed
+    unnamed = sorted(s for s, w in before.items() if s not in weights and w > 0)
+    if unnamed and not zero_unnamed:
+        raise TrafficError("the route sends traffic to subset(s) %s, which weights does not name: the change "
+                           "would set them to 0; name them (with weight 0 to drain them) or set "
+                           "zero_unnamed: true" % ", ".join("%s (%d%%)" % (s, before[s]) for s in unnamed))
     after = dict((s, 0) for s in before)
     after.update(weights)
     new_vs = apply_weights(vs, idx, weights)
@@ -231,7 +241,7 @@ class IstioRoutes(object):
         return self.objects.list(ISTIO_GROUP, self.version, "destinationrules", namespace)
 
     def replace_virtual_service(self, namespace, name, body, dry_run=False):
-        from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_client import ApiException
+        from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_connection import ApiException
         try:
             return self.objects.replace(ISTIO_GROUP, self.version, "virtualservices", namespace, name,
                                         body, dry_run=dry_run)
@@ -242,20 +252,30 @@ class IstioRoutes(object):
 
 
 def set_traffic(routes, namespace, name, weights, route=None, force=False, dry_run=False,
-                max_retries=5, mutate=None, before_replace=None):
+                max_retries=5, mutate=None, before_replace=None, zero_unnamed=False, retry_timeout=30.0,
+                sleep=time.sleep, now=time.monotonic, rand=random.random):
     """Read, plan and replace with the read resourceVersion; on 409 re-read and retry.
 
+    Conflicts are retried after a jittered exponential backoff (0.05 s doubling up to 2 s, each delay
+    drawn from its upper half), at most ``max_retries`` times (None: no limit) and never starting a
+    retry after ``retry_timeout`` seconds, so a steady concurrent writer is outlasted and a lasting one
+    ends in a TrafficError within a known time.
     ``mutate(vs) -> vs`` optionally changes more of the object in the same write (the rollout
     state annotation). ``before_replace(attempt)`` is a test hook run between read and write.
     Returns the plan plus ``attempts``, ``conflicts`` and the written (or dry-run) object.
     """
+    from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_errors import Backoff
+    backoff = Backoff(0.05, 2.0, tries=None if max_retries is None else max_retries + 1, timeout=retry_timeout,
+                      jitter=True, now=now, rand=rand)
     conflicts = 0
-    for attempt in range(1, max_retries + 2):
+    attempt = 0
+    while True:
+        attempt += 1
         vs = routes.get_virtual_service(namespace, name)
         if vs is None:
             raise TrafficError("VirtualService %s/%s not found" % (namespace, name))
         drs = routes.list_destination_rules(namespace)
-        result = plan(vs, route, weights, drs, force=force)
+        result = plan(vs, route, weights, drs, force=force, zero_unnamed=zero_unnamed)
         new_vs = result.pop("new_vs")
         if mutate is not None:
             new_vs = mutate(new_vs)
@@ -273,17 +293,22 @@ def set_traffic(routes, namespace, name, weights, route=None, force=False, dry_r
             return result
         except ConflictError:
             conflicts += 1
-            continue
-    raise TrafficError("VirtualService %s/%s kept changing under us: %d write conflicts (HTTP 409) in a row; "
-                       "another controller may be rewriting it" % (namespace, name, conflicts))
+        delay = backoff.next_delay()
+        if delay is None:
+            raise TrafficError("VirtualService %s/%s kept changing under us: %d write conflicts (HTTP 409) in "
+                               "%.1f s; another controller may be rewriting it" % (
+                                   namespace, name, conflicts, backoff.elapsed()))
+        sleep(delay)
 
 
 def set_traffic_retrying(routes, namespace, name, weights, transient_retries=5, on_retry=None, sleep=None, **kwargs):
     """``set_traffic``, with transient API errors (HTTP 429/5xx, a dropped connection, a read
-    timeout; see ``k8s_client.is_transient``) retried with exponential backoff, ``transient_retries``
-    retries at most. Safe to repeat: each try re-reads the object and writes an absolute state with
+    timeout; see ``k8s_errors.is_transient``) retried with exponential backoff, ``transient_retries``
+    retries at most (None: no limit) within ``retry_timeout`` seconds. Safe to repeat: each try re-reads the object and writes an absolute state with
     its resourceVersion. 4xx answers (RBAC, validation) and TrafficError are never retried."""
-    from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_client import retry_transient
+    from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_errors import retry_transient
     extra = {} if sleep is None else {"sleep": sleep}
-    run = retry_transient(set_traffic, attempts=transient_retries + 1, on_retry=on_retry, **extra)
-    return run(routes, namespace, name, weights, **kwargs)
+    timeout = kwargs.get("retry_timeout", 30.0)
+    run = retry_transient(set_traffic, attempts=None if transient_retries is None else transient_retries + 1,
+                          on_retry=on_retry, timeout=timeout, **extra)
+    return run(routes, namespace, name, weights, sleep=sleep or time.sleep, **kwargs)

@@ -28,7 +28,8 @@ author:
 extends_documentation_fragment:
   - gpuops.cluster.prometheus
 notes:
-  - O(prometheus_url) is required unless O(data) is given (they are mutually exclusive).
+  - O(prometheus_url), O(model) and O(versions) are required unless O(data) is given; with O(data),
+    the Prometheus options are not used (so C(module_defaults) for the C(prometheus) action group do not get in the way).
 attributes:
   check_mode:
     support: full
@@ -136,8 +137,9 @@ versions:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpuops.cluster.plugins.module_utils.abtest import collect_from_prometheus, run_ab
+from ansible_collections.gpuops.cluster.plugins.module_utils.canary_spec import numeric_errors
 from ansible_collections.gpuops.cluster.plugins.module_utils.promql import (
-    PrometheusError, TemplateError, client_from_params, prometheus_argument_spec)
+    PrometheusError, TemplateError, client_from_params, prometheus_argument_spec, prometheus_errors)
 from ansible_collections.gpuops.cluster.plugins.module_utils.stats import StatsError
 
 
@@ -154,12 +156,18 @@ def main():
             min_requests=dict(type="int", default=100),
             min_latency_effect=dict(type="float", default=0.1),
         ),
-        mutually_exclusive=[("data", "prometheus_url")],
-        required_one_of=[("data", "prometheus_url")],
-        required_by={"prometheus_url": ("model", "versions")},
         supports_check_mode=True,
     )
     p = module.params
+    errors = numeric_errors(p, {"confidence": "(0,1)", "min_requests": ">=1", "min_latency_effect": "0..1"})
+    if p["data"] is None:
+        errors += prometheus_errors(p)
+        missing = [k for k in ("prometheus_url", "model", "versions") if not p.get(k)]
+        if missing:
+            errors.append("without data, %s %s required" % (" and ".join(missing),
+                                                            "is" if len(missing) == 1 else "are"))
+    if errors:
+        module.fail_json(msg="; ".join(errors))
     try:
         if p["data"] is not None:
             if len(p["data"]) != 2:

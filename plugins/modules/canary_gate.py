@@ -25,6 +25,7 @@ author:
 extends_documentation_fragment:
   - gpuops.cluster.k8s_auth
   - gpuops.cluster.prometheus
+  - gpuops.cluster.canary_checks
 attributes:
   check_mode:
     support: full
@@ -71,82 +72,9 @@ options:
     type: bool
     default: false
   checks:
-    description: The checks to evaluate, in order.
-    type: list
-    elements: dict
+    description:
+      - The checks to evaluate, in order (see the suboptions).
     required: true
-    suboptions:
-      name:
-        description: Unique name of the check.
-        type: str
-        required: true
-      kind:
-        description: Type of check. Defaults to V(metric) when O(checks[].query) or O(checks[].template) is set.
-        type: str
-        choices: [metric, torchserve_ready, deployment_available]
-      template:
-        description:
-          - A built-in query. V(request-success-rate) and V(request-duration) are Flagger's Istio queries
-            (percent of non-5xx requests; p99 in milliseconds) over C(istio_requests_total) and
-            C(istio_request_duration_milliseconds_bucket).
-          - V(torchserve-success-rate), V(torchserve-error-rate) (percent) and V(torchserve-latency-p99)
-            (milliseconds) use the per-version metrics of the collection's TorchServe handler
-            (C(gpuops_requests_total), C(gpuops_errors_total), C(gpuops_latency_seconds_bucket) with labels
-            C(model_name) and C(model_version)).
-        type: str
-        choices: [request-success-rate, request-duration, torchserve-success-rate, torchserve-error-rate,
-                  torchserve-latency-p99]
-      query:
-        description: Your own PromQL returning one value; C({{ name }}) placeholders are substituted.
-        type: str
-      volume_query:
-        description: PromQL returning the request count used with O(checks[].min_request_volume) for a custom query.
-        type: str
-      threshold_range:
-        description: Pass when C(min <= value <= max); either bound may be omitted.
-        type: dict
-      min_request_volume:
-        description: Fewer requests than this in the interval makes the check C(no_data).
-        type: float
-      interval:
-        description: Overrides O(interval) for this check.
-        type: str
-      variables:
-        description: Template variables for this check only.
-        type: dict
-      on_no_data:
-        description: Overrides O(on_no_data) for this check.
-        type: str
-        choices: [fail, hold, pass]
-      on_error:
-        description: Overrides O(on_error) for this check.
-        type: str
-        choices: [fail, hold]
-      management_url:
-        description: TorchServe management API URL (V(torchserve_ready)).
-        type: str
-      model:
-        description: TorchServe model name (V(torchserve_ready)).
-        type: str
-      version:
-        description: TorchServe model version (V(torchserve_ready)).
-        type: str
-      min_ready_workers:
-        description: Workers that must be V(READY) (V(torchserve_ready)).
-        type: int
-        default: 1
-      token:
-        description: TorchServe management key when token authorization is on.
-        type: str
-      token_file:
-        description: TorchServe key file (C(key_file.json)) to read the management key from.
-        type: path
-      namespace:
-        description: Namespace of the Deployment (V(deployment_available)).
-        type: str
-      deployment:
-        description: Name of the Deployment (V(deployment_available)).
-        type: str
 notes:
   - Metric checks need Prometheus; readiness checks of kind V(deployment_available) need the
     Kubernetes connection options and the C(kubernetes) Python library.
@@ -211,34 +139,13 @@ checks:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.gpuops.cluster.plugins.module_utils.canary_spec import check_argument_spec, check_list_errors
 from ansible_collections.gpuops.cluster.plugins.module_utils.gate import GateConfigError, run_gate
-from ansible_collections.gpuops.cluster.plugins.module_utils.promql import prometheus_argument_spec, prometheus_settings
-from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_client import (
-    K8sClientError, get_api_client, k8s_auth_argument_spec, require_kubernetes)
-
-CHECK_SPEC = dict(
-    name=dict(type="str", required=True),
-    kind=dict(type="str", choices=["metric", "torchserve_ready", "deployment_available"]),
-    template=dict(type="str", choices=["request-success-rate", "request-duration", "torchserve-success-rate",
-                                       "torchserve-error-rate", "torchserve-latency-p99"]),
-    query=dict(type="str"),
-    volume_query=dict(type="str"),
-    threshold_range=dict(type="dict"),
-    min_request_volume=dict(type="float"),
-    interval=dict(type="str"),
-    variables=dict(type="dict"),
-    on_no_data=dict(type="str", choices=["fail", "hold", "pass"]),
-    on_error=dict(type="str", choices=["fail", "hold"]),
-    management_url=dict(type="str"),
-    model=dict(type="str"),
-    version=dict(type="str"),
-    min_ready_workers=dict(type="int", default=1),
-    token=dict(type="str", no_log=True),
-    token_file=dict(type="path"),
-    namespace=dict(type="str"),
-    deployment=dict(type="str"),
-)
-
+from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_connection import (
+    get_api_client, k8s_auth_argument_spec, require_kubernetes)
+from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_errors import fail_on_k8s_error
+from ansible_collections.gpuops.cluster.plugins.module_utils.promql import (
+    prometheus_argument_spec, prometheus_errors, prometheus_settings)
 
 def argument_spec():
     spec = k8s_auth_argument_spec()
@@ -253,7 +160,7 @@ def argument_spec():
         on_no_data=dict(type="str", choices=["fail", "hold", "pass"], default="fail"),
         on_error=dict(type="str", choices=["fail", "hold"], default="fail"),
         fail_on_gate=dict(type="bool", default=False),
-        checks=dict(type="list", elements="dict", required=True, options=CHECK_SPEC),
+        checks=check_argument_spec(required=True),
     )
     return spec
 
@@ -273,13 +180,16 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     p = module.params
     checks = clean_checks(p["checks"])
+    errors = prometheus_errors(p) + check_list_errors(checks)
+    if errors:
+        module.fail_json(msg="; ".join(errors))
     k8s = None
     if any(c.get("kind") == "deployment_available" for c in checks):
         require_kubernetes(module)
         try:
             k8s = get_api_client(p)
-        except K8sClientError as exc:
-            module.fail_json(msg=str(exc))
+        except Exception as exc:  # pylint: disable=broad-except
+            fail_on_k8s_error(module, exc)
     prom = prometheus_settings(p)
     try:
         result = run_gate(checks, template_variables(p), prom, k8s_client=k8s,

@@ -21,7 +21,11 @@ description:
   - At O(max_weight) a passing iteration promotes, the canary takes 100%, the stable Deployment is
     rewritten to the canary's pod spec (its own labels are kept), then the stable subset takes 100%
     again and the canary Deployment is scaled to 0.
-  - Rollback sends 100% to the stable subset and scales the canary Deployment to 0.
+  - Rollback sends 100% to the stable subset and scales the canary Deployment to 0. It works even when the
+    canary subset has left the C(DestinationRule) or the canary Deployment is gone.
+  - When the stable Deployment does not become ready after promotion, its previous pod template is put back
+    and the stable subset takes 100% again (RV(status=rolled_back), RV(reason) says so).
+  - Every number is checked before anything changes (0 and negatives included); 0 is never replaced by a default.
   - The state (revision, phase, failed checks, iteration, previous stable pod template) is kept in the
     C(gpuops.io/canary-state) annotation of the C(VirtualService), updated at every iteration, so a
     re-run after an interruption resumes where it stopped, and a re-run of a finished revision changes
@@ -35,6 +39,8 @@ author:
 extends_documentation_fragment:
   - gpuops.cluster.k8s_auth
   - gpuops.cluster.prometheus
+  - gpuops.cluster.canary_checks
+  - gpuops.cluster.canary_webhooks
 attributes:
   check_mode:
     support: full
@@ -86,23 +92,23 @@ options:
     description: Deployment serving the canary subset; scaled up at the start when at 0, scaled to 0 at the end.
     type: str
   canary_replicas:
-    description: Replicas given to O(canary_deployment) when it is at 0 when the rollout starts.
+    description: Replicas given to O(canary_deployment) when it is at 0 when the rollout starts, 1 or more.
     type: int
     default: 1
   wait_timeout:
-    description: Seconds to wait for the stable Deployment to be available after promotion or restore.
+    description: Seconds to wait for the stable Deployment to be ready after promotion or restore, more than 0.
     type: int
     default: 300
   interval:
-    description: Seconds between two iterations (Flagger's C(analysis.interval)).
+    description: Seconds between two iterations (Flagger's C(analysis.interval)), more than 0.
     type: float
     default: 60
   threshold:
-    description: Failed checks after which the rollout is rolled back (Flagger's C(analysis.threshold)).
+    description: Failed checks after which the rollout is rolled back (Flagger's C(analysis.threshold)), 1 or more.
     type: int
     default: 5
   step_weight:
-    description: Canary weight added by each successful iteration. Default 10 unless O(step_weights) is set.
+    description: Canary weight added by each successful iteration, 1 to 100. Default 10 unless O(step_weights) is set.
     type: int
   step_weights:
     description: Explicit canary weights to go through, for example V([1, 5, 25, 50]); replaces O(step_weight).
@@ -112,7 +118,7 @@ options:
     description: Canary weight at which a passing iteration promotes. Default 50, or the last of O(step_weights).
     type: int
   progress_deadline:
-    description: Seconds without a step (held or failing iterations) after which the rollout is rolled back.
+    description: Seconds without a step (held or failing iterations) after which the rollout is rolled back, at least O(interval).
     type: float
     default: 600
   on_no_data:
@@ -129,11 +135,11 @@ options:
     default: fail
   checks:
     description:
-      - Health checks evaluated at every iteration, in the format of the O(gpuops.cluster.canary_gate#module:checks)
-        option (C(name), C(template) or C(query), C(threshold_range), C(min_request_volume), ...).
+      - Health checks evaluated at every iteration, the same as O(gpuops.cluster.canary_gate#module:checks).
       - Required for V(run).
-    type: list
-    elements: dict
+      - A canary is promoted only when at least one metric check has returned data at a canary weight above
+        0% during the rollout (it served traffic) and, with O(canary_deployment), when that Deployment runs
+        and is available; otherwise the final iteration holds (no traffic) or counts a failed check (not running).
   model:
     description: Value of C({{ model }}) in query templates (the TorchServe model name).
     type: str
@@ -148,36 +154,6 @@ options:
       - More query template variables. C({{ namespace }}) and C({{ version }}) (= O(revision)) are always set.
     type: dict
     default: {}
-  webhooks:
-    description: Flagger-style webhooks, each answered with 2xx to pass. The JSON body is C(name, namespace, phase, revision, metadata).
-    type: list
-    elements: dict
-    default: []
-    suboptions:
-      name:
-        description: Unique name of the webhook.
-        type: str
-        required: true
-      type:
-        description:
-          - V(pre-rollout) runs before the first step (a failure counts as a failed check); V(rollout) before
-            every analysis (a failure is a failed check); V(confirm-promotion) must pass before promotion
-            (a failure holds); V(post-rollout) runs after promotion or rollback (informational);
-            V(rollback) rolls back when it answers 2xx.
-        type: str
-        choices: [pre-rollout, rollout, confirm-promotion, post-rollout, rollback]
-        default: rollout
-      url:
-        description: URL to POST to.
-        type: str
-        required: true
-      timeout:
-        description: Seconds to wait for the answer.
-        type: float
-        default: 10
-      metadata:
-        description: Free-form strings sent as C(metadata).
-        type: dict
   progress_log:
     description: File on the host running the module to append each progress entry to as a JSON line.
     type: path
@@ -187,13 +163,22 @@ options:
     default: false
   max_retries:
     description:
-      - Re-reads after a write conflict (HTTP 409) on the C(VirtualService).
-      - Also the number of retries, with exponential backoff (0.5 s doubling up to 4 s), of a Kubernetes
-        API call that failed transiently (HTTP 429, 500, 502, 503, 504, a dropped connection or a read
-        timeout), so that one such error does not stop a rollout half-way. Each retry is reported as a
-        warning. Other errors (403, 404, 422) are not retried.
+      - Most retries of one Kubernetes API write after a write conflict (HTTP 409) with another writer, and,
+        separately, of an API call that failed transiently (HTTP 429, 500, 502, 503, 504, a dropped connection
+        or a read timeout). Other errors (403, 404, 422) are not retried. Each transient retry is reported
+        as a warning.
+      - Retries wait an exponential backoff with jitter (conflicts from 0.05 s, transient errors from 0.5 s,
+        doubling) and stop at O(retry_timeout) whatever this count.
+      - 0 or more.
     type: int
     default: 5
+  retry_timeout:
+    description:
+      - Seconds after which no further retry of one API call starts (see O(max_retries)), more than 0.
+      - A rollout that gives up leaves its state annotation at the last completed step; re-running the same
+        task resumes from there, O(operation=rollback) sends 100% to stable.
+    type: float
+    default: 30
   api_version:
     description: Version of the C(networking.istio.io) API to use.
     type: str
@@ -295,29 +280,37 @@ restored:
 
 import json
 import time
-import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
-from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_client import (
-    ApiException, DeploymentOps, K8sClientError, api_error_message, connection_error_message, get_api_client, k8s_auth_argument_spec,
-    require_kubernetes, retry_transient, retry_warning)
+from ansible_collections.gpuops.cluster.plugins.module_utils.canary_spec import (
+    check_argument_spec, check_list_errors, numeric_errors, webhook_argument_spec)
+from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_client import DeploymentOps
+from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_connection import (
+    get_api_client, k8s_auth_argument_spec, require_kubernetes)
+from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_errors import (
+    fail_on_k8s_error, retry_transient, retry_warning)
 from ansible_collections.gpuops.cluster.plugins.module_utils.traffic import (
     IstioRoutes, TrafficError, set_traffic)
 from ansible_collections.gpuops.cluster.plugins.module_utils.rollout import (
     STATE_ANNOTATION, Rollout, RolloutAborted, RolloutConfigError, parse_state, route_subset_weights)
 from ansible_collections.gpuops.cluster.plugins.module_utils.gate import GateConfigError, run_gate, validate_checks
-from ansible_collections.gpuops.cluster.plugins.module_utils.promql import prometheus_argument_spec, prometheus_settings
+from ansible_collections.gpuops.cluster.plugins.module_utils.promql import (
+    prometheus_argument_spec, prometheus_errors, prometheus_settings)
+
+# every number of the module, checked before anything changes (None: not given)
+NUMBER_RULES = {"canary_replicas": ">=1", "wait_timeout": ">0", "interval": ">0", "threshold": ">=1",
+                "step_weight": "1..100", "max_weight": "1..100", "progress_deadline": ">0", "max_retries": ">=0",
+                "retry_timeout": ">0"}
 
 
-WEBHOOK_SPEC = dict(
-    name=dict(type="str", required=True),
-    type=dict(type="str", default="rollout",
-              choices=["pre-rollout", "rollout", "confirm-promotion", "post-rollout", "rollback"]),
-    url=dict(type="str", required=True),
-    timeout=dict(type="float", default=10),
-    metadata=dict(type="dict"),
-)
+def option_errors(p):
+    """Messages for every option value that cannot work, before the module touches anything."""
+    errors = numeric_errors(p, NUMBER_RULES) + prometheus_errors(p)
+    errors += ["step_weights[%d] must be between 1 and 100, got %r" % (i, w)
+               for i, w in enumerate(p.get("step_weights") or []) if not 1 <= w <= 100]
+    errors += check_list_errors(p.get("checks"), p.get("webhooks"))
+    return errors
 
 
 def argument_spec():
@@ -344,15 +337,16 @@ def argument_spec():
         progress_deadline=dict(type="float", default=600),
         on_no_data=dict(type="str", default="fail", choices=["fail", "hold", "pass"]),
         on_error=dict(type="str", default="fail", choices=["fail", "hold"]),
-        checks=dict(type="list", elements="dict"),
+        checks=check_argument_spec(),
         model=dict(type="str"),
         target=dict(type="str"),
         metrics_interval=dict(type="str"),
         variables=dict(type="dict", default={}),
-        webhooks=dict(type="list", elements="dict", default=[], options=WEBHOOK_SPEC),
+        webhooks=webhook_argument_spec(),
         progress_log=dict(type="path"),
         force=dict(type="bool", default=False),
         max_retries=dict(type="int", default=5),
+        retry_timeout=dict(type="float", default=30),
         api_version=dict(type="str", default="v1", choices=["v1", "v1beta1", "v1alpha3"]),
     )
     return spec
@@ -361,8 +355,11 @@ def argument_spec():
 def post_webhook(hook, payload):
     """POST the JSON payload; (ok, message) with ok for a 2xx answer."""
     try:
-        resp = open_url(hook["url"], data=json.dumps(payload), method="POST",
-                        headers={"Content-Type": "application/json"}, timeout=hook.get("timeout") or 10)
+        headers = {"Content-Type": "application/json"}
+        headers.update(hook.get("headers") or {})
+        timeout = hook.get("timeout")
+        resp = open_url(hook["url"], data=json.dumps(payload), method="POST", headers=headers,
+                        timeout=10 if timeout is None else timeout)
         code = resp.getcode()
         return 200 <= code < 300, "HTTP %d" % code
     except Exception as exc:  # HTTPError (non-2xx), URLError, timeouts
@@ -389,14 +386,21 @@ def build_rollout(module, api_client, emit, now=time.time, sleep=time.sleep, bef
             ann = vs.setdefault("metadata", {}).setdefault("annotations", {})
             ann[STATE_ANNOTATION] = json.dumps(state, sort_keys=True, separators=(",", ":"))
             return vs
-        res = set_traffic(routes, ns, vs_name, {stable: stable_w, canary: canary_w}, route=p["route"],
-                          force=p["force"], dry_run=dry_run, max_retries=p["max_retries"], mutate=mutate,
-                          before_replace=before_replace)
+        if canary_w == 0:
+            # all to stable names the stable subset only: it must work even when the canary subset has
+            # left the DestinationRule (its destination, if any, is kept at 0)
+            weights = {stable: 100}
+        else:
+            weights = {stable: stable_w, canary: canary_w}
+        res = set_traffic(routes, ns, vs_name, weights, route=p["route"], force=p["force"], dry_run=dry_run,
+                          max_retries=p["max_retries"], retry_timeout=p["retry_timeout"], mutate=mutate,
+                          before_replace=before_replace, zero_unnamed=canary_w == 0, sleep=sleep)
         return res["changed"]
 
     deployments = DeploymentOps(api_client, ns, p["stable_deployment"], p["canary_deployment"],
                                 canary_replicas=p["canary_replicas"], wait_timeout=p["wait_timeout"],
-                                sleep=sleep, now=now)
+                                sleep=sleep, now=now, max_retries=p["max_retries"],
+                                retry_timeout=p["retry_timeout"])
     prom = prometheus_settings(p)
     checks = [dict((k, v) for k, v in c.items() if v is not None) for c in (p.get("checks") or [])]
 
@@ -426,13 +430,16 @@ def build_rollout(module, api_client, emit, now=time.time, sleep=time.sleep, bef
     on_retry = retry_warning(module.warn) if hasattr(module, "warn") else None
 
     def retried(fn):
-        return retry_transient(fn, attempts=p["max_retries"] + 1, sleep=sleep, on_retry=on_retry) if fn else None
+        return retry_transient(fn, attempts=p["max_retries"] + 1, sleep=sleep, on_retry=on_retry,
+                               timeout=p["retry_timeout"], jitter=True) if fn else None
 
     return Rollout(cfg, read_route=retried(read_route), write_route=retried(write_route), gate=gate,
                    webhook=post_webhook,
                    scale=retried(deployments.scale_canary if p["canary_deployment"] else None),
                    promote=retried(deployments.promote if p["stable_deployment"] else None),
                    restore=retried(deployments.restore if p["stable_deployment"] else None),
+                   wait_stable=deployments.wait_stable if p["stable_deployment"] else None,
+                   canary_ready=retried(deployments.canary_status if p["canary_deployment"] else None),
                    emit=emit, now=now, sleep=sleep), checks
 
 
@@ -444,6 +451,9 @@ def main():
     )
     require_kubernetes(module)
     p = module.params
+    errors = option_errors(p)
+    if errors:
+        module.fail_json(msg="; ".join(errors))
 
     log_file = [None]
 
@@ -467,8 +477,10 @@ def main():
         if not module.check_mode:
             # preflight: a dry-run write of what is there now checks RBAC and admission before the
             # rollout touches anything (scaling, restoring), so a missing right fails cleanly
-            rollout.write_route(before[0]["stable"], before[0]["canary"],
-                                dict(before[1] or {}, preflight=time.time()), dry_run=True)
+            # (a rollback checks the write it will make: all to stable)
+            canary_now = before[0]["canary"] if p["operation"] == "run" else 0
+            rollout.write_route(100 - canary_now, canary_now, dict(before[1] or {}, preflight=time.time()),
+                                dry_run=True)
         if p["operation"] == "run":
             res = rollout.plan() if module.check_mode else rollout.run()
         else:
@@ -477,15 +489,10 @@ def main():
         r = exc.result
         module.fail_json(msg=str(exc), status="failed", reason=r["reason"], progress=r["progress"],
                          failed_checks=r["failed_checks"], iterations=r["iterations"], weights=r["weights"])
-    except (RolloutConfigError, GateConfigError, TrafficError, K8sClientError) as exc:
+    except (RolloutConfigError, GateConfigError, TrafficError) as exc:
         module.fail_json(msg=str(exc))
-    except ApiException as exc:
-        module.fail_json(msg="Kubernetes API error: %s" % api_error_message(exc), status_code=exc.status)
     except Exception as exc:  # pylint: disable=broad-except
-        unreachable = connection_error_message(exc)
-        if unreachable:
-            module.fail_json(msg=unreachable)
-        module.fail_json(msg="unexpected error: %s" % exc, exception=traceback.format_exc())
+        fail_on_k8s_error(module, exc, what="VirtualService %s/%s" % (p["namespace"], p["virtual_service"]))
     finally:
         if log_file[0] is not None:
             log_file[0].close()

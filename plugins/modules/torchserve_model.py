@@ -130,6 +130,7 @@ default_version:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.gpuops.cluster.plugins.module_utils.canary_spec import numeric_errors
 from ansible_collections.gpuops.cluster.plugins.module_utils.torchserve import (
     TorchServeClient, TorchServeError, plan, read_management_key, summarize)
 
@@ -194,8 +195,13 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    if p["min_workers"] < 0 or (p["max_workers"] is not None and p["max_workers"] < p["min_workers"]):
-        module.fail_json(msg="min_workers must be >= 0 and max_workers >= min_workers")
+    errors = numeric_errors(p, {"min_workers": ">=0", "max_workers": ">=0", "batch_size": ">=1",
+                                "max_batch_delay": ">=0", "response_timeout": ">0", "wait_timeout": ">0",
+                                "timeout": ">0"})
+    if p["max_workers"] is not None and p["max_workers"] < p["min_workers"]:
+        errors.append("max_workers (%d) must be at least min_workers (%d)" % (p["max_workers"], p["min_workers"]))
+    if errors:
+        module.fail_json(msg="; ".join(errors))
     token = p["token"]
     try:
         if p["token_file"]:

@@ -23,6 +23,8 @@ description:
     the change, unless O(force=true).
   - Destinations of the route that are not in O(weights) keep their entry with weight 0; subsets in
     O(weights) that the route does not list yet are appended with the route's host.
+  - A destination that carries traffic must be named in O(weights) (with V(0) to drain it), or the change
+    is refused, unless O(zero_unnamed=true). So a typo in a subset name never silently takes traffic away.
 author:
   - gpuops.cluster contributors (@gpuops)
 extends_documentation_fragment:
@@ -58,15 +60,26 @@ options:
       - Change a C(VirtualService) even though Flagger or Argo Rollouts manages it.
     type: bool
     default: false
+  zero_unnamed:
+    description:
+      - Set destinations of the route that O(weights) does not name to 0 even when they carry traffic now.
+      - Without it such a request fails and names those destinations.
+    type: bool
+    default: false
   max_retries:
     description:
-      - How many times to re-read and retry after a write conflict (HTTP 409), and, separately, after a
-        transient API error (HTTP 429, 500, 502, 503, 504, a dropped connection or a read timeout), with
-        exponential backoff (0.5, 1, 2, 4, 4 s ...) and a warning per retry.
+      - Most retries after a write conflict (HTTP 409) and, separately, after a transient API error (HTTP 429,
+        500, 502, 503, 504, a dropped connection or a read timeout), 0 or more. Retries wait an exponential
+        backoff with jitter (conflicts from 0.05 s, transient errors from 0.5 s, doubling), a warning per
+        transient retry, and stop at O(retry_timeout) whatever this count.
       - Every try re-reads the C(VirtualService) and writes an absolute state with its resourceVersion,
         so a retry never applies a change twice. Other 4xx answers (RBAC, validation) are never retried.
     type: int
     default: 5
+  retry_timeout:
+    description: Seconds after which no further retry starts (see O(max_retries)), more than 0.
+    type: float
+    default: 30
   api_version:
     description: Version of the C(networking.istio.io) API to use.
     type: str
@@ -127,12 +140,11 @@ resource_version:
   sample: "48213"
 """
 
-import traceback
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_client import (
-    ApiException, K8sClientError, api_error_message, connection_error_message, get_api_client, k8s_auth_argument_spec,
-    require_kubernetes, retry_warning)
+from ansible_collections.gpuops.cluster.plugins.module_utils.canary_spec import numeric_errors
+from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_connection import (
+    get_api_client, k8s_auth_argument_spec, require_kubernetes)
+from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_errors import fail_on_k8s_error, retry_warning
 from ansible_collections.gpuops.cluster.plugins.module_utils.traffic import (
     IstioRoutes, TrafficError, set_traffic_retrying)
 
@@ -145,30 +157,27 @@ def main():
         route=dict(type="str"),
         weights=dict(type="dict", required=True),
         force=dict(type="bool", default=False),
+        zero_unnamed=dict(type="bool", default=False),
         max_retries=dict(type="int", default=5),
+        retry_timeout=dict(type="float", default=30),
         api_version=dict(type="str", default="v1", choices=["v1", "v1beta1", "v1alpha3"]),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     require_kubernetes(module)
     p = module.params
-    if p["max_retries"] < 0:
-        module.fail_json(msg="max_retries must be 0 or more, got %d" % p["max_retries"])
+    errors = numeric_errors(p, {"max_retries": ">=0", "retry_timeout": ">0"})
+    if errors:
+        module.fail_json(msg="; ".join(errors))
     try:
         routes = IstioRoutes(get_api_client(p), api_version=p["api_version"])
         res = set_traffic_retrying(routes, p["namespace"], p["name"], p["weights"], route=p["route"],
                                    force=p["force"], dry_run=module.check_mode, max_retries=p["max_retries"],
-                                   transient_retries=p["max_retries"], on_retry=retry_warning(module.warn))
-    except (TrafficError, K8sClientError) as exc:
+                                   transient_retries=p["max_retries"], on_retry=retry_warning(module.warn),
+                                   zero_unnamed=p["zero_unnamed"], retry_timeout=p["retry_timeout"])
+    except TrafficError as exc:
         module.fail_json(msg=str(exc))
-    except ApiException as exc:
-        module.fail_json(msg="Kubernetes API error on VirtualService %s/%s: %s"
-                         % (p["namespace"], p["name"], api_error_message(exc)),
-                         status=exc.status)
     except Exception as exc:  # pylint: disable=broad-except
-        unreachable = connection_error_message(exc)
-        if unreachable:
-            module.fail_json(msg=unreachable)
-        module.fail_json(msg="unexpected error: %s" % exc, exception=traceback.format_exc())
+        fail_on_k8s_error(module, exc, what="VirtualService %s/%s" % (p["namespace"], p["name"]))
 
     obj = res.get("object") or {}
     result = dict(

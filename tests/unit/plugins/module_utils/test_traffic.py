@@ -96,12 +96,18 @@ def test_plan_is_idempotent():
     assert res["changed"] is False and res["new_vs"] == v
 
 
-def test_plan_adds_missing_subset_and_zeroes_unmentioned():
+def test_plan_adds_missing_subset_and_zeroes_unmentioned_only_when_asked():
     v = vs([route("primary", stable=100)])
-    res = t.plan(v, None, {"canary": 100}, DR)
+    with pytest.raises(t.TrafficError, match=r"subset\(s\) stable \(100%\), which weights does not name.*zero_unnamed"):
+        t.plan(v, None, {"canary": 100}, DR)
+    res = t.plan(v, None, {"canary": 100}, DR, zero_unnamed=True)
     assert res["after"] == {"stable": 0, "canary": 100}
     dests = res["new_vs"]["spec"]["http"][0]["route"]
     assert dests[1] == {"destination": {"host": "resnet", "subset": "canary"}, "weight": 100}
+    # naming it with 0 is explicit too; an unnamed destination already at 0 is no loss
+    assert t.plan(v, None, {"canary": 100, "stable": 0}, DR)["after"] == {"stable": 0, "canary": 100}
+    v0 = vs([route("primary", stable=100, canary=0)])
+    assert t.plan(v0, None, {"stable": 100}, DR)["changed"] is False
 
 
 def test_plan_rejects_unknown_subset():

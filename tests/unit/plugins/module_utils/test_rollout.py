@@ -109,7 +109,7 @@ def test_healthy_rollout_promotes_step_by_step():
     res = w.rollout().run()
     assert res["status"] == "promoted"
     canary_weights = [c for (_s, c, _p, _d) in w.writes]
-    assert canary_weights == [20, 40, 60, 100, 0]
+    assert canary_weights == [20, 40, 60, 100, 100, 0]  # 100 twice: the way back is saved before the wait
     assert [p for (_s, _c, p, _d) in w.writes][-2:] == ["promoting", "promoted"]
     assert w.promoted == ["2.0"] and w.scaled == ["up", "down"]
     assert w.state["phase"] == "promoted" and w.state["previous_stable"]["template"] == {"image": "v1"}
