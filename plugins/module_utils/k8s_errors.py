@@ -163,7 +163,8 @@ def fail_on_k8s_error(module, exc, what=None, **extra):
     unexpected error with its traceback."""
     msg = k8s_error_message(exc, what)
     if msg is None:
-        module.fail_json(msg="unexpected error: %s" % exc, exception=traceback.format_exc(), **extra)
+        module.fail_json(msg="unexpected error: %s" % exc,
+                         exception="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), **extra)
     if isinstance(exc, ApiException):
         extra.setdefault("status_code", exc.status)
     module.fail_json(msg=msg, **extra)

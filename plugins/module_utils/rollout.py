@@ -306,6 +306,7 @@ class Rollout(object):
             return self._result(state, state["phase"], "already %s (state annotation); nothing to do"
                                 % state["phase"], weights)
         if state and state.get("phase") in ("progressing", "promoting") and state.get("run_id") \
+                and not state.get("stopped") \
                 and state.get("run_id") != self.run_id and state.get("updated") \
                 and self.now() - float(state["updated"]) < self.live_window():
             raise RolloutConfigError(
@@ -314,6 +315,7 @@ class Rollout(object):
                 "or wait %ss" % (state["run_id"], self.now() - float(state["updated"]), self.live_window()))
         if state and state.get("revision") == cfg["revision"] and state.get("phase") not in TERMINAL_PHASES:
             state = dict(state)
+            state.pop("stopped", None)
             msg = "resuming %s at canary weight %d%% with %d failed check(s) from the state annotation" % (
                 state.get("phase"), weights["canary"], state.get("failed_checks", 0))
             self._record(state, weights["canary"], "resume", message=msg)
@@ -434,10 +436,21 @@ class Rollout(object):
         except (RolloutConfigError, RolloutAborted):
             raise
         except Exception as exc:
-            hint = resume_hint(state, weights)
+            # best effort: mark the state as stopped so a re-run resumes at once instead of waiting for
+            # this run's liveness window; when even that write fails, the hint says how long to wait
+            marked = self._mark_stopped(state, weights, exc)
+            hint = resume_hint(state, weights, None if marked else self.live_window())
             state["reason"] = "%s; %s" % (exc, hint)
             raise RolloutAborted("rollout of %s stopped: %s; %s" % (cfg["revision"], exc, hint),
                                  self._result(state, "failed", state["reason"], weights))
+
+    def _mark_stopped(self, state, weights, exc):
+        try:
+            stopped = dict(state, stopped=True, reason="stopped: %s" % exc)
+            self._save(stopped, weights["stable"], weights["canary"])
+            return True
+        except Exception:  # pylint: disable=broad-except - the original error is the one reported
+            return False
 
     def _promotion_refusal(self, state):
         """None when the canary may be promoted, else ("fail"|"hold", why): a canary Deployment that is
@@ -593,11 +606,12 @@ def _saw_traffic(checks):
                and c.get("value") is not None for c in checks or [])
 
 
-def resume_hint(state, weights):
+def resume_hint(state, weights, wait=None):
     """What a user can do after a rollout stopped half-way: the state annotation is the resume point."""
     return ("the state annotation keeps phase %s at canary weight %s%% with %s failed check(s): re-run the same "
-            "task to resume from there, or run operation: rollback to send 100%% to stable"
-            % (state.get("phase"), (weights or {}).get("canary"), state.get("failed_checks", 0)))
+            "task%s to resume from there, or run operation: rollback to send 100%% to stable"
+            % (state.get("phase"), (weights or {}).get("canary"), state.get("failed_checks", 0),
+               (" after %ss" % wait) if wait else ""))
 
 
 def _summary(checks):

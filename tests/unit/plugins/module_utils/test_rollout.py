@@ -238,3 +238,127 @@ def test_a_manual_rollback_during_the_run_stops_it():
     res = ro.run()
     assert res["status"] == "rolled_back" and "another run" in res["reason"]
     assert w.weights == {"stable": 100, "canary": 0}
+
+
+# -- the harder engine (issue 11): one class of input per test ---------------------------------------
+
+@pytest.mark.parametrize("cfg,msg", [
+    ({"step_weight": 0}, "step_weight must be an integer between 1 and 100, got 0"),   # never replaced by 10
+    ({"step_weight": -5}, "step_weight"),
+    ({"step_weight": 101}, "step_weight"),
+    ({"step_weight": True}, "step_weight"),
+    ({"step_weights": []}, "step_weights is empty"),
+    ({"step_weights": [0, 10]}, "strictly increasing"),
+    ({"max_weight": 0}, "max_weight must be an integer between 1 and 100, got 0"),
+    ({"max_weight": -1}, "max_weight"),
+    ({"threshold": 0}, "threshold must be an integer of 1 or more, got 0"),
+    ({"threshold": -2}, "threshold"),
+    ({"threshold": 1.5}, "threshold"),
+    ({"interval": 0}, "interval must be more than 0 seconds, got 0"),
+    ({"interval": -1}, "interval"),
+    ({"interval": float("nan")}, "interval"),
+    ({"progress_deadline": 0}, "at least one interval"),
+    ({"progress_deadline": -60}, "at least one interval"),
+])
+def test_every_number_is_validated_and_zero_is_not_a_default(cfg, msg):
+    with pytest.raises(r.RolloutConfigError, match=msg.replace("(", "\\(")):
+        r.validate_config(dict(cfg, revision="x"))
+
+
+def test_invalid_numbers_fail_before_anything_is_read_or_written():
+    w = World()
+    with pytest.raises(r.RolloutConfigError):
+        w.rollout(step_weight=0)
+    assert w.writes == [] and w.scaled == []
+
+
+def no_data_gate(variables):
+    """on_no_data: pass lets a gate without any data pass: nothing proves the canary served."""
+    return {"decision": "pass", "checks": [{"name": "sr", "kind": "metric", "status": "no_data", "value": None}]}
+
+
+def test_a_canary_that_never_received_traffic_is_never_promoted():
+    w = World()
+    ro = w.rollout()
+    ro.gate = no_data_gate
+    res = ro.run()
+    assert res["status"] == "rolled_back" and "progress deadline" in res["reason"], res["reason"]
+    assert w.promoted == [] and max(c for (_s, c, _p, _d) in w.writes) == 60
+    holds = [e for e in res["progress"] if e["action"] == "hold"]
+    assert holds and "never served" in holds[0]["message"]
+
+
+def test_readiness_checks_alone_are_no_proof_of_traffic():
+    w = World()
+    ro = w.rollout()
+    ro.gate = lambda v: {"decision": "pass", "checks": [
+        {"name": "dep", "kind": "deployment_available", "status": "pass", "value": 1}]}
+    assert ro.run()["status"] == "rolled_back" and w.promoted == []
+
+
+def test_a_canary_that_is_not_running_is_never_promoted():
+    w = World()
+    ro = w.rollout()
+    ro.canary_ready = lambda: {"ready": False, "message": "Deployment serving/resnet-canary is scaled to 0"}
+    res = ro.run()
+    assert res["status"] == "rolled_back" and w.promoted == []
+    assert "not promoted: the canary is not running" in res["reason"] and "scaled to 0" in res["reason"]
+
+
+def test_a_running_canary_with_traffic_is_promoted():
+    w = World()
+    ro = w.rollout()
+    ro.canary_ready = lambda: {"ready": True, "message": "ok"}
+    res = ro.run()
+    assert res["status"] == "promoted" and res["state"]["traffic_seen"] >= 1
+
+
+def test_a_failed_wait_during_promotion_restores_stable_at_100_with_its_previous_template():
+    w = World()
+    ro = w.rollout()
+
+    def wait_stable():
+        # the way back is already in the annotation when the wait fails
+        assert w.state["phase"] == "promoting" and w.state["previous_stable"]["template"] == {"image": "v1"}
+        raise RuntimeError("Deployment serving/resnet-stable not available after 300s")
+    ro.wait_stable = wait_stable
+    res = ro.run()
+    assert res["status"] == "rolled_back"
+    assert "promotion failed" in res["reason"] and "previous template was restored" in res["reason"]
+    assert w.restored == [{"deployment": "resnet-stable", "template": {"image": "v1"}}]
+    assert w.weights == {"stable": 100, "canary": 0} and w.state["phase"] == "rolled_back"
+    assert w.state["previous_stable"] is None and w.scaled[-1] == "down"
+
+
+def test_a_failed_restore_after_a_failed_promotion_is_resumable_by_rollback():
+    w = World()
+    ro = w.rollout()
+    ro.wait_stable = lambda: (_ for _ in ()).throw(RuntimeError("wait failed"))
+    ro.restore_fn = lambda previous: (_ for _ in ()).throw(RuntimeError("apiserver gone"))
+    with pytest.raises(r.RolloutAborted, match="run operation: rollback"):
+        ro.run()
+    assert w.state["phase"] == "promoting" and w.state["previous_stable"]["template"] == {"image": "v1"}
+    res = w.rollout().rollback_now()
+    assert res["status"] == "rolled_back" and "unfinished promotion" in res["reason"]
+    assert w.restored and w.weights == {"stable": 100, "canary": 0}
+
+
+def test_a_write_that_gives_up_leaves_a_resumable_state():
+    w = World(decisions=["pass", "pass"])
+    ro = w.rollout()
+    real_write = w.write_route
+    calls = []
+
+    def write(stable, canary, state, dry_run=False):
+        calls.append(canary)
+        if len(calls) == 2:
+            raise RuntimeError("VirtualService serving/resnet kept changing under us: 9 write conflicts")
+        return real_write(stable, canary, state, dry_run)
+    ro.write_route = write
+    with pytest.raises(r.RolloutAborted) as err:
+        ro.run()
+    msg = str(err.value)
+    assert "kept changing" in msg and "re-run the same task to resume" in msg and "operation: rollback" in msg
+    assert w.state["phase"] == "progressing" and w.weights == {"stable": 80, "canary": 20}
+    again = w.rollout().run()  # resumes from 20% (no live-run refusal: the annotation is old enough)
+    assert again["progress"][0]["action"] == "resume" and again["status"] == "promoted"

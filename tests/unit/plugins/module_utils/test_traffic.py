@@ -190,3 +190,66 @@ def test_transient_retries_are_bounded():
         t.set_traffic_retrying(routes, "serving", "resnet", {"stable": 80, "canary": 20}, transient_retries=2,
                                sleep=sleeps.append)
     assert len(sleeps) == 2 and routes.reads == 3
+
+
+class Clock(object):
+    def __init__(self):
+        self.t = 0.0
+        self.sleeps = []
+
+    def now(self):
+        return self.t
+
+    def sleep(self, s):
+        self.sleeps.append(s)
+        self.t += s
+
+
+def test_conflicts_are_retried_with_growing_jittered_backoff_until_the_writer_pauses():
+    """A steady concurrent writer: 6 conflicts in a row, then our write gets through."""
+    routes = FlakyRoutes([t.ConflictError("conflict")] * 6)
+    clock = Clock()
+    res = t.set_traffic(routes, "serving", "resnet", {"stable": 80, "canary": 20}, max_retries=None,
+                        retry_timeout=30, sleep=clock.sleep, now=clock.now, rand=lambda: 0.5)
+    assert res["changed"] and res["conflicts"] == 6 and routes.reads == 7
+    # 0.05 s doubling, each drawn from the upper half of its step (rand 0.5 -> 3/4 of the step)
+    assert clock.sleeps == pytest.approx([0.0375, 0.075, 0.15, 0.3, 0.6, 1.2])
+
+
+def test_jitter_spreads_the_delays():
+    delays = set()
+    for r in (0.0, 0.3, 0.99):
+        clock = Clock()
+        t.set_traffic(FlakyRoutes([t.ConflictError("c")]), "serving", "resnet", {"stable": 80, "canary": 20},
+                      sleep=clock.sleep, now=clock.now, rand=lambda r=r: r)
+        delays.add(round(clock.sleeps[0], 4))
+    assert len(delays) == 3 and all(0.025 <= d <= 0.05 for d in delays)
+
+
+def test_conflicts_are_bounded_by_time_and_the_error_says_so():
+    routes = FlakyRoutes([t.ConflictError("conflict")] * 1000)
+    clock = Clock()
+    with pytest.raises(t.TrafficError, match=r"kept changing under us: \d+ write conflicts \(HTTP 409\) in [0-9.]+ s"):
+        t.set_traffic(routes, "serving", "resnet", {"stable": 80, "canary": 20}, max_retries=None,
+                      retry_timeout=10, sleep=clock.sleep, now=clock.now, rand=lambda: 1.0)
+    assert clock.t <= 10 and clock.t > 5 and max(clock.sleeps) == 2.0
+
+
+def test_conflicts_are_bounded_by_count_too():
+    routes = FlakyRoutes([t.ConflictError("conflict")] * 10)
+    clock = Clock()
+    with pytest.raises(t.TrafficError, match="3 write conflicts"):
+        t.set_traffic(routes, "serving", "resnet", {"stable": 80, "canary": 20}, max_retries=2,
+                      sleep=clock.sleep, now=clock.now)
+    assert len(clock.sleeps) == 2
+
+
+def test_all_to_stable_works_when_the_canary_subset_left_the_destination_rule():
+    routes = FlakyRoutes([])
+    routes.obj = vs([route("primary", stable=60, canary=40)])
+    only_stable = [{"spec": {"host": "resnet", "subsets": [{"name": "stable", "labels": {"version": "v1"}}]}}]
+    routes.list_destination_rules = lambda ns: only_stable
+    with pytest.raises(t.TrafficError, match="canary not defined"):
+        t.set_traffic(routes, "serving", "resnet", {"stable": 100, "canary": 0})
+    res = t.set_traffic(routes, "serving", "resnet", {"stable": 100}, zero_unnamed=True)
+    assert res["after"] == {"stable": 100, "canary": 0}
