@@ -22,6 +22,9 @@ import yaml
 
 from tests.testbed.common import private_stdin
 
+# podman nodes and playbook-heavy: stream 2 of scripts/test all (pytest.ini: nodes)
+pytestmark = pytest.mark.nodes
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("GPUOPS_CACHE", str(Path.home() / ".cache" / "gpuops")))
 LOG_DIR = Path(os.environ.get("GPUOPS_TESTBED_DIR", "/tmp/gpuops-testbed")) / "molecule"

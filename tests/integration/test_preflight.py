@@ -30,6 +30,9 @@ import yaml
 
 from tests.testbed.common import private_stdin
 
+# podman nodes and playbook-heavy: stream 2 of scripts/test all (pytest.ini: nodes)
+pytestmark = pytest.mark.nodes
+
 REPO = Path(__file__).resolve().parents[2]
 SITE = REPO / "tests" / "integration" / "preflight_cases" / "site.yml"
 WORKERS = int(os.environ.get("GPUOPS_PREFLIGHT_WORKERS", "2"))

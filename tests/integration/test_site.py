@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.testbed.common import private_stdin
+
+# podman nodes and playbook-heavy: stream 2 of scripts/test all (pytest.ini: nodes)
+pytestmark = pytest.mark.nodes
 
 REPO = Path(__file__).resolve().parents[2]
 
