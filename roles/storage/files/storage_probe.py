@@ -89,8 +89,7 @@ def is_block(path):
 def walk(devices):
     for dev in devices or []:
         yield dev
-        for child in walk(dev.get("children")):
-            yield child
+        yield from walk(dev.get("children"))
 
 
 def main():
