@@ -6,6 +6,7 @@
 #   bundle/bin/cni/vX/cni-plugins-linux-amd64-vX.tgz{,.sha256}   CNI plugins (GitHub release layout)
 #   bundle/bin/release, bundle/bin/containerd   -> $GPUOPS_CACHE/mirror (scripts/build/k8s-mirror.sh)
 #   bundle/apt/core:                            -> $GPUOPS_CACHE/mirror/core: (pkgs.k8s.io layout)
+#   (GPUOPS_BUNDLE and GPUOPS_MIRROR move the bundle and the mirror it points at: docs/airgap.md)
 #   bundle/charts                               -> ../shared/charts (Helm charts, by reference)
 #   bundle/manifest.json                        every artifact with its version and sha256 digest
 #                                               (images: the manifest digest a registry serves)
@@ -31,7 +32,8 @@ export CONTAINERS_CONF="${GPUOPS_CONTAINERS_CONF:-$GPUOPS_REPO/molecule/containe
 
 VERSIONS_FILE="$GPUOPS_REPO/roles/container_images/defaults/main.yml"
 BUILD="$GPUOPS_CACHE/build/cluster-images"
-BUNDLE="$GPUOPS_CACHE/bundle"
+BUNDLE="${GPUOPS_BUNDLE:-$GPUOPS_CACHE/bundle}"
+MIRROR="${GPUOPS_MIRROR:-$GPUOPS_CACHE/mirror}"     # scripts/build/k8s-mirror.sh's artifact mirror
 OUT="$BUILD/bin"                      # Go-built binaries, one directory per module
 STAMPS="$BUILD/.stamps"
 TIMES="$BUILD/build-times.tsv"
@@ -357,15 +359,18 @@ EOF
 
 # ---- the bundle's links and manifest.json ------------------------------------------------------------
 build_bundle() {
-  local mirror="$GPUOPS_CACHE/mirror"
-  if [ ! -f "$mirror/SHA256SUMS" ]; then
+  if [ ! -f "$MIRROR/SHA256SUMS" ]; then
+    [ -z "${GPUOPS_MIRROR:-}" ] || die "no artifact mirror at $MIRROR (no SHA256SUMS)"
     log "no artifact mirror yet: running scripts/build/k8s-mirror.sh"
     bash "$GPUOPS_REPO/scripts/build/k8s-mirror.sh"
   fi
-  ln -sfn ../../mirror/release "$BUNDLE/bin/release"
-  ln -sfn ../../mirror/containerd "$BUNDLE/bin/containerd"
-  ln -sfn "../../mirror/core:" "$BUNDLE/apt/core:"
-  if [ -d "$CHARTS_DIR" ]; then ln -sfn "$(cd "$CHARTS_DIR" && pwd -P)" "$BUNDLE/charts"; fi
+  ln -sfn "$(realpath --relative-to="$BUNDLE/bin" "$MIRROR/release")" "$BUNDLE/bin/release"
+  ln -sfn "$(realpath --relative-to="$BUNDLE/bin" "$MIRROR/containerd")" "$BUNDLE/bin/containerd"
+  ln -sfn "$(realpath --relative-to="$BUNDLE/apt" "$MIRROR/core:")" "$BUNDLE/apt/core:"
+  # charts by reference: a link to the charts directory, unless the bundle has its own charts/
+  if [ -d "$CHARTS_DIR" ] && { [ -L "$BUNDLE/charts" ] || [ ! -e "$BUNDLE/charts" ]; }; then
+    ln -sfn "$(cd "$CHARTS_DIR" && pwd -P)" "$BUNDLE/charts"
+  fi
   "$GPUOPS_VENV/bin/python" - "$BUNDLE" "$VERSIONS_FILE" "$GPUOPS_REPO" <<'PY'
 import hashlib, json, os, subprocess, sys
 from pathlib import Path
