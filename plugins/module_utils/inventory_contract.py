@@ -379,7 +379,7 @@ def parse_networks(networks):
     out = {}
     for name, n in (networks or {}).items() if isinstance(networks, dict) else []:
         if isinstance(n, dict):
-            net, err = _parse_cidr(n.get("cidr"))
+            net, _err = _parse_cidr(n.get("cidr"))
             if net is not None:
                 out[name] = net
     return out
@@ -501,7 +501,7 @@ def check_overlaps(cluster):
     for name, net in sorted(parse_networks(networks).items(), key=lambda kv: list((networks or {}).keys()).index(kv[0])):
         ranges.append(("gpuops_networks.%s.cidr" % name, net))
     for var in ("gpuops_pod_cidr", "gpuops_service_cidr"):
-        net, err = _parse_cidr(cluster.get(var))
+        net, _err = _parse_cidr(cluster.get(var))
         if net is not None:
             ranges.append((var, net))
     p = []
@@ -515,7 +515,7 @@ def check_overlaps(cluster):
 
 def check_dns_outside_service_cidr(cluster):
     """Node resolvers (gpuops_networks.<n>.dns) must not sit in the service CIDR."""
-    svc, err = _parse_cidr(cluster.get("gpuops_service_cidr"))
+    svc, _err = _parse_cidr(cluster.get("gpuops_service_cidr"))
     networks = cluster.get("gpuops_networks")
     p = []
     if svc is None or not isinstance(networks, dict):
@@ -698,9 +698,9 @@ def check_node_network(host, networks, interfaces, addresses, options=None, requ
                 on_link[link] = net
             if tagged and len(link) > IFNAMSIZ:
                 p.append(problem(h, lbl + ".interface", (
-                    "%s: the VLAN device %s has %d characters, more than the kernel's %d-character interface name limit "
+                    "%s.interface %s: the VLAN device %s has %d characters, more than the kernel's %d-character interface name limit "
                     "(IFNAMSIZ), so it cannot be created. Fix: use a shorter parent interface name (e.g. bond0) or a "
-                    "shorter VLAN id.") % (lbl, link, len(link), IFNAMSIZ)))
+                    "shorter VLAN id.") % (lbl, ifname, link, len(link), IFNAMSIZ)))
             if _is_int(nmtu) and _is_int(imtu):
                 if tagged and nmtu > imtu:
                     p.append(problem(h, lbl, (
