@@ -203,7 +203,7 @@ def test_slow_canary_is_rolled_back_on_latency(bed, setup_app, tmp_path):
     assert cs.read_weights(client, ns, app) == {"stable": 100, "canary": 0}
 
 
-@pytest.mark.parametrize("policy", ["fail", "hold"])
+@pytest.mark.parametrize("policy", ["fail", "hold", "pass"])
 def test_no_traffic_follows_on_no_data(bed, setup_app, tmp_path, policy):
     """No load generator: the canary gets no requests, every metric check is no_data."""
     _k8s, ts, _prom, client = bed
@@ -219,7 +219,14 @@ def test_no_traffic_follows_on_no_data(bed, setup_app, tmp_path, policy):
     else:
         assert "progress deadline" in out["reason"] and out["failed_checks"] == 0
         assert "hold" in actions(out["progress"])
-    assert max(e["new_weight"] for e in out["progress"] if e["action"] == "advance") == 20
+    if policy == "pass":
+        # every gate passed up to max_weight, but a canary that never served is never promoted
+        assert max(e["new_weight"] for e in out["progress"] if e["action"] == "advance") == 60
+        assert "promote" not in actions(out["progress"])
+        assert any("never served" in e["message"] for e in out["progress"] if e["action"] == "hold")
+        assert cs.deployment_version(cs.read_deployment(client, ns, f"{app}-stable")) == STABLE
+    else:
+        assert max(e["new_weight"] for e in out["progress"] if e["action"] == "advance") == 20
     assert cs.read_weights(client, ns, app) == {"stable": 100, "canary": 0}
 
 
@@ -322,16 +329,23 @@ def test_rbac_documented_role_runs_a_rollout(bed, setup_app, tmp_path):
     """A ServiceAccount holding exactly docs/canary.md's Role drives a rollout (gate: the canary
     Deployment is available, read with the same identity); without update on VirtualServices it fails
     with the API's 403 message."""
-    k8s, _ts, _prom, client = bed
+    k8s, ts, prom, client = bed
     app = "resnet-rbac"
     ns = setup_app(app, "32.0")
+    ts.register("32.0")
     kc = k8s.make_sa_kubeconfig(ns, "canary-operator", cs.documented_rbac_rules())
     check = {"name": "canary-available", "kind": "deployment_available", "namespace": ns,
              "deployment": f"{app}-canary"}
     args = dict(kubeconfig=kc, namespace=ns, virtual_service=app, revision="32.0",
                 stable_deployment=f"{app}-stable", canary_deployment=f"{app}-canary", interval=2,
-                threshold=5, step_weight=50, max_weight=50, progress_deadline=60, checks=[check])
-    out = run_rollout(tmp_path, args)
+                threshold=5, step_weight=50, max_weight=50, progress_deadline=60, checks=[check, SUCCESS],
+                prometheus_url=prom.url, model=MODEL, metrics_interval="6s", on_no_data="hold")
+    load = cs.LoadGenerator(client, ns, app, sender(ts), rps=20)
+    load.start()
+    try:
+        out = run_rollout(tmp_path, args)
+    finally:
+        load.stop()
     assert out["status"] == "promoted", cs.brief(out)
     assert cs.deployment_version(cs.read_deployment(client, ns, f"{app}-stable")) == "32.0"
     rules = [dict(r, verbs=[v for v in r["verbs"] if v != "update"]) if "virtualservices" in r["resources"]
@@ -347,9 +361,10 @@ def test_transient_api_errors_do_not_stop_a_rollout(bed, setup_app):
     with backoff and still promotes. A 403 is not transient: it stops the rollout at once."""
     from kubernetes.client.rest import ApiException
     from ansible_collections.gpuops.cluster.plugins.modules import canary_rollout as mod
-    k8s, _ts, _prom, client = bed
+    k8s, ts, prom, client = bed
     app, version = "resnet-flaky", "32.0"
     ns = setup_app(app, version, canary_replicas=1)
+    ts.register(version)
     calls = {"n": 0}
 
     def flaky(_attempt):
@@ -360,11 +375,17 @@ def test_transient_api_errors_do_not_stop_a_rollout(bed, setup_app):
     params = {name: opt.get("default") for name, opt in mod.argument_spec().items()}
     params.update(kubeconfig=k8s.kubeconfig, namespace=ns, virtual_service=app, revision=version,
                   stable_deployment=f"{app}-stable", canary_deployment=f"{app}-canary", interval=1, threshold=1,
-                  step_weight=50, max_weight=50, progress_deadline=120,
+                  step_weight=50, max_weight=50, progress_deadline=120, prometheus_url=prom.url, model=MODEL,
+                  metrics_interval="6s", on_no_data="hold",
                   checks=[{"name": "canary-up", "kind": "deployment_available", "namespace": ns,
-                           "deployment": f"{app}-canary"}])
+                           "deployment": f"{app}-canary"}, SUCCESS])
     rollout, _checks = mod.build_rollout(params, client, emit=None, before_replace=flaky)
-    out = rollout.run()
+    load = cs.LoadGenerator(client, ns, app, sender(ts), rps=20)
+    load.start()
+    try:
+        out = rollout.run()
+    finally:
+        load.stop()
     assert out["status"] == "promoted", cs.brief(out)
     assert calls["n"] >= 4 and calls["n"] % 3 != 1  # failures were injected and each was retried
     assert cs.read_weights(client, ns, app) == {"stable": 100, "canary": 0}
@@ -383,3 +404,94 @@ def test_transient_api_errors_do_not_stop_a_rollout(bed, setup_app):
     with pytest.raises(mod.RolloutAborted) as err:
         rollout.run()
     assert "403" in str(err.value) and denied["n"] == 1, (str(err.value), denied)
+
+
+# -- the harder engine (issue 11), where the class needs the apiserver --------------------------------
+
+@pytest.mark.parametrize("extra,msg", [
+    ({"step_weight": 0}, "step_weight must be between 1 and 100, got 0"),
+    ({"canary_replicas": 0}, "canary_replicas must be 1 or more, got 0"),
+    ({"interval": -1}, "interval must be more than 0, got -1.0"),
+    ({"threshold": 0}, "threshold must be 1 or more, got 0"),
+    ({"wait_timeout": 0}, "wait_timeout must be more than 0, got 0"),
+    ({"prometheus_timeout": 0}, "prometheus_timeout must be more than 0 seconds, got 0.0"),
+    ({"checks": [dict(SUCCESS, min_request_volume=-1)]}, "checks[0] (success-rate): min_request_volume must be 0"),
+])
+def test_invalid_numbers_fail_before_anything_changes(bed, setup_app, tmp_path, extra, msg):
+    _k8s, _ts, _prom, client = bed
+    app = "resnet-numbers"
+    ns = setup_app(app, "32.0")
+    rv = cs.get_vs(client, ns, app)["metadata"]["resourceVersion"]
+    out = run_rollout(tmp_path, rollout_task(bed, ns, app, "32.0", **extra))
+    assert out.get("failed") and msg in out["msg"], out
+    assert cs.get_vs(client, ns, app)["metadata"]["resourceVersion"] == rv
+    assert cs.read_deployment(client, ns, f"{app}-canary")["spec"]["replicas"] == 0
+
+
+def test_a_canary_that_cannot_run_is_never_promoted(bed, setup_app, tmp_path):
+    """The canary's pods can never be scheduled (a node selector no node has): the Deployment is never
+    available, though the load generator (which plays the mesh from the Deployment's declared version)
+    makes the metrics look healthy. At max_weight it counts failed checks and rolls back."""
+    import kubernetes
+    _k8s, ts, _prom, client = bed
+    app, version = "resnet-pending", "32.0"
+    ns = setup_app(app, version)
+    ts.register(version)
+    kubernetes.client.AppsV1Api(client).patch_namespaced_deployment(
+        f"{app}-canary", ns, {"spec": {"template": {"spec": {"nodeSelector": {"gpuops.io/no-such-node": "x"}}}}})
+    load = cs.LoadGenerator(client, ns, app, sender(ts), rps=20)
+    load.start()
+    try:
+        out = run_rollout(tmp_path, rollout_task(bed, ns, app, version, step_weight=30, max_weight=30))
+    finally:
+        load.stop()
+    assert out["status"] == "rolled_back" and "not promoted: the canary is not running" in out["reason"], cs.brief(out)
+    assert "promote" not in actions(out["progress"])
+    assert cs.deployment_version(cs.read_deployment(client, ns, f"{app}-stable")) == STABLE
+    assert cs.read_weights(client, ns, app) == {"stable": 100, "canary": 0}
+
+
+def test_a_promotion_whose_stable_never_gets_ready_restores_the_previous_template(bed, setup_app, tmp_path):
+    """A ResourceQuota leaves no room for the stable Deployment's surge pod: after the canary's template
+    is copied into it, it never becomes ready. The wait ends after wait_timeout, the previous template
+    is put back (the old ReplicaSet never went away), the stable takes 100 % again, and the result says so."""
+    import kubernetes
+    _k8s, ts, _prom, client = bed
+    app, version = "resnet-quota", "32.0"
+    ns = setup_app(app, version)
+    ts.register(version)
+    # stable 1 + canary 1 fit; a third pod (the stable's surge with the new template) does not
+    kubernetes.client.CoreV1Api(client).create_namespaced_resource_quota(ns, {
+        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "two-pods"}, "spec": {"hard": {"pods": "2"}}})
+    load = cs.LoadGenerator(client, ns, app, sender(ts), rps=20)
+    load.start()
+    try:
+        out = run_rollout(tmp_path, rollout_task(bed, ns, app, version, step_weight=30, max_weight=30,
+                                                 wait_timeout=8))
+    finally:
+        load.stop()
+    assert out["status"] == "rolled_back", cs.brief(out)
+    assert "promotion failed" in out["reason"] and "previous template was restored" in out["reason"], out["reason"]
+    assert "promote" in actions(out["progress"]) and "promoted" not in actions(out["progress"])
+    stable = cs.read_deployment(client, ns, f"{app}-stable")
+    assert cs.deployment_version(stable) == STABLE
+    assert cs.read_weights(client, ns, app) == {"stable": 100, "canary": 0}
+    state = cs.read_state(client, ns, app)
+    assert state["phase"] == "rolled_back" and not state.get("previous_stable")
+
+
+def test_emergency_rollback_without_canary_subset_or_deployment(bed, setup_app, tmp_path):
+    """Mid-rollout (60/40) someone removed the canary subset from the DestinationRule and deleted the
+    canary Deployment: operation rollback still sends 100 % to stable."""
+    import kubernetes
+    _k8s, _ts, _prom, client = bed
+    app = "resnet-gone"
+    ns = setup_app(app, "32.0", canary_replicas=1)
+    cs.apply(client, ns, cs.virtual_service(app, app, {"stable": 60, "canary": 40}))
+    cs.apply(client, ns, cs.destination_rule(app, app, {"stable": {"app": app, "version": "stable"}}))
+    kubernetes.client.AppsV1Api(client).delete_namespaced_deployment(f"{app}-canary", ns)
+    out = run_rollout(tmp_path, dict(rollout_task(bed, ns, app, "32.0"), operation="rollback"))
+    assert not out.get("failed") and out["status"] == "rolled_back", out
+    assert out["weights"] == {"stable": 100, "canary": 0}
+    assert cs.read_weights(client, ns, app) == {"stable": 100, "canary": 0}
+    assert cs.read_state(client, ns, app)["phase"] == "rolled_back"

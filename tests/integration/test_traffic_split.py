@@ -106,6 +106,47 @@ def test_conflicts_are_bounded(k8s, admin, ns):
                     before_replace=always_conflict)
 
 
+def test_a_steady_concurrent_writer_is_outlasted_by_jittered_backoff(k8s, admin, ns):
+    """Another writer updates the object between our read and our write on the first 8 tries (real HTTP
+    409s from the apiserver, more than max_retries' default): the retries, bounded by time rather than
+    by a count, back off and get through; the other writer's changes are kept."""
+    writes = []
+
+    def steady_writer(attempt):
+        if attempt <= 8:
+            vs = cs.get_vs(admin, ns, "resnet")
+            vs["metadata"].setdefault("annotations", {})["other-writer"] = str(attempt)
+            cs.apply(admin, ns, vs)
+            writes.append(attempt)
+
+    res = set_traffic(IstioRoutes(admin), ns, "resnet", {"stable": 70, "canary": 30}, max_retries=None,
+                      retry_timeout=30, before_replace=steady_writer)
+    assert res["conflicts"] == 8 and res["attempts"] == 9 and writes == list(range(1, 9)), res
+    assert cs.read_weights(admin, ns, "resnet") == {"stable": 70, "canary": 30}
+    assert cs.get_vs(admin, ns, "resnet")["metadata"]["annotations"]["other-writer"] == "8"
+
+
+def test_an_unnamed_destination_with_traffic_is_not_zeroed_unless_asked(k8s, admin, ns, tmp_path):
+    cs.apply(admin, ns, cs.virtual_service("resnet", "resnet", {"stable": 70, "canary": 30}))
+    out = split(tmp_path, k8s.kubeconfig, ns, {"stable": 100})
+    assert out.get("failed") and "canary (30%)" in out["msg"] and "zero_unnamed" in out["msg"], out
+    assert cs.read_weights(admin, ns, "resnet") == {"stable": 70, "canary": 30}
+    named = split(tmp_path, k8s.kubeconfig, ns, {"stable": 100}, zero_unnamed=True)
+    assert named["changed"] and named["weights"] == {"stable": 100, "canary": 0}, named
+    assert cs.read_weights(admin, ns, "resnet") == {"stable": 100, "canary": 0}
+
+
+@pytest.mark.parametrize("extra,msg", [
+    ({"max_retries": -1}, "max_retries must be 0 or more, got -1"),
+    ({"retry_timeout": 0}, "retry_timeout must be more than 0, got 0.0"),
+])
+def test_invalid_numbers_fail_before_any_request(k8s, admin, ns, tmp_path, extra, msg):
+    rv = cs.get_vs(admin, ns, "resnet")["metadata"]["resourceVersion"]
+    out = split(tmp_path, k8s.kubeconfig, ns, {"stable": 50, "canary": 50}, **extra)
+    assert out.get("failed") and msg in out["msg"], out
+    assert cs.get_vs(admin, ns, "resnet")["metadata"]["resourceVersion"] == rv
+
+
 def test_transient_api_error_is_retried_against_the_real_apiserver(k8s, admin, ns):
     """The first write fails with HTTP 503 before it reaches the apiserver (injected through the test
     hook); the retry re-reads, writes once, and the object holds the new weights."""
