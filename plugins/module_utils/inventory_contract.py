@@ -63,6 +63,11 @@ CLUSTER_VARS = [
      "hint": "a dict name -> {cidr, mtu, vlan, gateway, dns}, see docs/inventory.md"},
     {"name": "gpuops_required_networks", "type": "list", "required": False,
      "hint": "a list of gpuops_networks names every node needs an address on, e.g. [storage]"},
+    {"name": "gpuops_api_vip", "type": "string", "required": False,
+     "hint": "the free IP address of the API server VIP (controlPlaneEndpoint), e.g. 10.0.20.10"},
+    {"name": "gpuops_api_vip_interface", "type": "string", "required": False,
+     "hint": "the link the VIP lives on, e.g. bond0.110"},
+    {"name": "gpuops_api_vip_prefix", "type": "integer", "required": False, "hint": "the VIP's prefix length, e.g. 22"},
 ]
 
 # Per-host variables every Kubernetes node needs (host_vars).
@@ -89,7 +94,8 @@ _LVM_SIZE = re.compile(r"^[0-9.]+([bBsSkKmMgGtTpPeE]|%(VG|PVS|FREE|ORIGIN))?$")
 
 # Variables the contract reads from each host (the preflight role gathers exactly these).
 HOST_READ_VARS = ([v["name"] for v in CLUSTER_VARS] + [v["name"] for v in NODE_VARS]
-                  + ["gpuops_zone", "gpuops_gpu", "ansible_host", "network_management_network"] + list(STORAGE_VARS))
+                  + ["gpuops_zone", "gpuops_rack", "gpuops_gpu", "gpuops_kubernetes_node_ip", "ansible_host",
+                     "network_management_network"] + list(STORAGE_VARS))
 
 
 def problem(host, variable, message):
@@ -227,6 +233,7 @@ def check_cluster_variables(hostvars, hosts, cluster, unreadable_vars=None):
                     "host: set %s once in group_vars/all and remove host or group overrides.") % (n, _j(hostvars[h][n]), _j(ref), n)))
         v, t = ref, spec["type"]
         ok = ((t == "string" and isinstance(v, str) and len(v) > 0) or (t == "boolean" and isinstance(v, bool))
+              or (t == "integer" and _is_int(v))
               or (t == "mapping" and isinstance(v, dict) and len(v) > 0) or (t == "list" and _is_list(v)))
         if not ok:
             extra = ""
@@ -236,6 +243,81 @@ def check_cluster_variables(hostvars, hosts, cluster, unreadable_vars=None):
                 extra = ' ("yes"/"no"/"true" in quotes are strings, not booleans)'
             p.append(problem(ALL_HOSTS, n, "%s must be a %s%s, got %s %s%s. Fix: set %s to %s." % (
                 n, "non-empty " if t in ("string", "mapping") else "", t, _type_name(v), _j(v), extra, n, spec["hint"])))
+    return p
+
+
+def check_cluster_name(cluster):
+    """gpuops_cluster_name: a DNS label (kubeadm clusterName, kubeconfig context, label values)."""
+    v = cluster.get("gpuops_cluster_name")
+    if isinstance(v, str) and v and not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", v):
+        return [problem(ALL_HOSTS, "gpuops_cluster_name", (
+            "gpuops_cluster_name %s is not a DNS label (1-63 lowercase letters, digits and -, alphanumeric at both ends). "
+            "Fix: e.g. gpuops_cluster_name: %s.") % (_j(v), _j(re.sub(r"[^-a-z0-9]", "-", v.lower()).strip("-")[:63] or "rack1")))]
+    return []
+
+
+def check_api_vip(cluster, hostvars, hosts, groups):
+    """The API server VIP (controlPlaneEndpoint, keepalived): set with HA, an IP, nobody's address."""
+    p = []
+    cps = list((groups or {}).get("kube_control_plane") or [])
+    vip = cluster.get("gpuops_api_vip")
+    ha = cluster.get("gpuops_control_plane_ha")
+    if vip is None:
+        if ha is True and len(cps) > 1:
+            p.append(problem(ALL_HOSTS, "gpuops_api_vip", (
+                "gpuops_api_vip is not defined but gpuops_control_plane_ha is true: the control planes need a virtual IP as "
+                "kubeadm's controlPlaneEndpoint (held by keepalived). Fix: set gpuops_api_vip to a free address of the "
+                "control planes' network in group_vars/all (and gpuops_api_vip_interface).")))
+        return p
+    ip = _ip(vip)
+    if ip is None:
+        if isinstance(vip, str) and vip:
+            p.append(problem(ALL_HOSTS, "gpuops_api_vip", "gpuops_api_vip %s is not an IP address. Fix: give the VIP's address "
+                                                          "without a prefix (gpuops_api_vip_prefix holds the prefix)." % _j(vip)))
+        return p
+    for h in hosts:
+        hv = hostvars[h]
+        taken = []
+        if _ip(hv.get("gpuops_kubernetes_node_ip")) == ip:
+            taken.append("gpuops_kubernetes_node_ip")
+        if _ip(str(hv.get("ansible_host", ""))) == ip:
+            taken.append("ansible_host")
+        al = hv.get("gpuops_node_addresses") if isinstance(hv.get("gpuops_node_addresses"), dict) else {}
+        for net, a in al.items():
+            if isinstance(a, dict) and _ip(a.get("address")) == ip:
+                taken.append("gpuops_node_addresses.%s.address" % net)
+        for var in taken:
+            p.append(problem(ALL_HOSTS, "gpuops_api_vip", (
+                "gpuops_api_vip %s is also %s of %s: the VIP moves between control planes and must be nobody's own address. "
+                "Fix: pick a free address for gpuops_api_vip.") % (ip, var, h)))
+    prefix = cluster.get("gpuops_api_vip_prefix")
+    if _is_int(prefix) and not 1 <= prefix <= ip.max_prefixlen:
+        p.append(problem(ALL_HOSTS, "gpuops_api_vip_prefix", "gpuops_api_vip_prefix %d is outside 1..%d. Fix: use the prefix "
+                                                              "length of the VIP's network, e.g. 24." % (prefix, ip.max_prefixlen)))
+    return p
+
+
+def check_node_ips(hostvars, hosts):
+    """gpuops_kubernetes_node_ip (kubelet --node-ip, when set): an IP address, unique; gpuops_rack a label value."""
+    p = []
+    seen = {}
+    for h in hosts:
+        hv = hostvars[h]
+        if "gpuops_kubernetes_node_ip" in hv:
+            v = hv["gpuops_kubernetes_node_ip"]
+            ip = _ip(v if isinstance(v, str) else None)
+            if ip is None:
+                p.append(problem(h, "gpuops_kubernetes_node_ip", "gpuops_kubernetes_node_ip %s is not an IP address. Fix: give the "
+                                                                 "address kubelet registers, without a prefix, or remove it to use "
+                                                                 "gpuops_node_addresses.cluster.address." % _j(v)))
+            elif str(ip) in seen:
+                p.append(problem(h, "gpuops_kubernetes_node_ip", "gpuops_kubernetes_node_ip %s is also the node IP of %s. Fix: every "
+                                                                 "node needs its own address." % (ip, seen[str(ip)])))
+            else:
+                seen[str(ip)] = h
+        if "gpuops_rack" in hv and (not isinstance(hv["gpuops_rack"], str) or not _LABEL_VALUE.match(hv["gpuops_rack"])):
+            p.append(problem(h, "gpuops_rack", "gpuops_rack %s is not a valid label value (1-63 letters, digits, -, _ and ., "
+                                               "alphanumeric at both ends). Fix: e.g. gpuops_rack: r12." % _j(hv["gpuops_rack"])))
     return p
 
 
@@ -334,9 +416,10 @@ def check_host_names(hosts, hostvars, management_network="management"):
     p = []
     seen = {}
     for h in hosts:
-        if _ip(h) is None and (not _RFC1123.match(h) or len(h) > 253):
+        if _ip(h) is None and (not _RFC1123.match(h) or len(h) > 253 or max(len(label) for label in h.split(".")) > 63):
             p.append(problem(h, "inventory_hostname", (
-                "inventory_hostname %s is not a valid Kubernetes node name (RFC 1123: lowercase letters, digits, - and .). "
+                "inventory_hostname %s is not a valid Kubernetes node name (RFC 1123: lowercase letters, digits, - and ., "
+                "labels of at most 63 characters). "
                 "Fix: rename the host, e.g. %s.") % (_j(h), _j(re.sub(r"[^-a-z0-9.]", "-", h.lower())))))
         key = node_name_key(h)
         if key in seen:
@@ -715,11 +798,31 @@ def check_node_network(host, networks, interfaces, addresses, options=None, requ
     return p
 
 
+def check_network_timers(host, rollback_seconds, reconnect_timeout):
+    """roles/network's commit-confirm timers: the rollback must outlive the reconnect attempts."""
+    try:
+        rollback, reconnect = int(rollback_seconds), int(reconnect_timeout)
+    except (TypeError, ValueError):
+        return []  # a wrong type is reported by check_role_options
+    p = []
+    if reconnect < 10:
+        p.append(problem(host, "network_reconnect_timeout", "network_reconnect_timeout %d is below 10 s. Fix: give the controller "
+                                                            "at least 10 s to reconnect after a network change." % reconnect))
+    if rollback < reconnect + 20:
+        p.append(problem(host, "network_rollback_seconds", (
+            "network_rollback_seconds %d must be at least network_reconnect_timeout (%d) + 20 s, or a good change could be "
+            "rolled back before it is confirmed. Fix: raise network_rollback_seconds to %d or more.") % (rollback, reconnect, reconnect + 20)))
+    return p
+
+
 def check_network_role_inventory(host, networks, interfaces, addresses, options=None):
-    """What roles/network checks before touching a node: the networks and this node's links."""
+    """What roles/network checks before touching a node: the networks, this node's links and, when
+    ``options`` has them, its network_rollback_seconds / network_reconnect_timeout."""
     o = _opts(options)
     p = check_networks(networks, o)
     p += check_node_network(host, networks, interfaces, addresses, o, required=[o["management_network"]])
+    if "network_rollback_seconds" in o and "network_reconnect_timeout" in o:
+        p += check_network_timers(host, o["network_rollback_seconds"], o["network_reconnect_timeout"])
     for q in p:
         if q["host"] is None:
             q["host"] = host
@@ -952,8 +1055,11 @@ def check_inventory(hostvars, groups, hosts=None, options=None, unreadable=None)
         mgmt = max(set(mgmts), key=mgmts.count)
         o["management_network"] = mgmt
     p += check_cluster_variables(hostvars, hosts, cluster, skip)
+    p += check_cluster_name(cluster)
     p += check_versions(cluster, o)
     p += check_groups(groups, hosts, cluster)
+    p += check_api_vip(cluster, hostvars, hosts, groups)
+    p += check_node_ips(hostvars, hosts)
     p += check_host_names(hosts, hostvars, mgmt)
     networks = cluster.get("gpuops_networks") if isinstance(cluster.get("gpuops_networks"), dict) else {}
     p += check_networks(networks, o)
@@ -983,4 +1089,26 @@ def check_inventory(hostvars, groups, hosts=None, options=None, unreadable=None)
             # a non-list value is reported by check_role_options (storage's argument_specs types)
             p += check_storage(h, *[hv.get(n) if _is_list(hv.get(n)) else None for n in STORAGE_VARS])
     p += check_role_options(hostvars, hosts, o["role_options"])
+    timers = [o["role_options"].get(n) for n in ("network_rollback_seconds", "network_reconnect_timeout")]
+    if all(timers):
+        per_host = []
+        for h in hosts:
+            vals = [hostvars[h].get(n, spec.get("default")) for n, spec in
+                    zip(("network_rollback_seconds", "network_reconnect_timeout"), timers)]
+            if all(_is_int(v) for v in vals):
+                per_host += check_network_timers(h, *vals)
+        p += _fold_identical(per_host, hosts)
     return p
+
+
+def _fold_identical(problems, hosts):
+    """One [all hosts] problem for a (variable, message) every host has; the others as they are."""
+    out = []
+    for p in problems:
+        same = [q for q in problems if q["variable"] == p["variable"] and q["message"] == p["message"]]
+        if len(same) == len(hosts) and len(hosts) > 1:
+            if not any(o["host"] is None and o["variable"] == p["variable"] and o["message"] == p["message"] for o in out):
+                out.append(problem(ALL_HOSTS, p["variable"], p["message"]))
+        else:
+            out.append(p)
+    return out

@@ -48,6 +48,7 @@ def base_inventory() -> dict:
         "gpuops_kubernetes_version": "1.36.3",
         "gpuops_kubernetes_current_version": "1.35.4",
         "gpuops_control_plane_ha": True,
+        "gpuops_api_vip": "10.10.0.10",
         "gpuops_pod_cidr": "10.244.0.0/16",
         "gpuops_service_cidr": "10.96.0.0/12",
         "gpuops_networks": {

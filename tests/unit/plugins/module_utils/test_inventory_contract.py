@@ -17,6 +17,7 @@ CLUSTER = {
     "gpuops_kubernetes_version": "1.36.3",
     "gpuops_kubernetes_current_version": "1.35.4",
     "gpuops_control_plane_ha": True,
+    "gpuops_api_vip": "10.10.0.10",
     "gpuops_pod_cidr": "10.244.0.0/16",
     "gpuops_service_cidr": "10.96.0.0/12",
     "gpuops_networks": {
@@ -139,6 +140,21 @@ CASES = [
                                               on("cp01", "gpuops_kubernetes_current_version", "1.35.4")),
      "cp02, cp03, gpu01, gpu02, wk01", "gpuops_kubernetes_current_version", "not defined on these hosts but is on cp01"),
     ("required-networks-not-a-list", everywhere("gpuops_required_networks", "storage"), ALL, "gpuops_required_networks", "must be a list"),
+    ("cluster-name-not-a-dns-label", everywhere("gpuops_cluster_name", "Rack_1"), ALL, "gpuops_cluster_name", '"rack-1"'),
+    # the API server VIP and node IPs (kubeadm_control_plane, kubeadm_node)
+    ("vip-missing-with-ha", everywhere("gpuops_api_vip", DELETE), ALL, "gpuops_api_vip", "controlPlaneEndpoint"),
+    ("vip-not-an-ip", everywhere("gpuops_api_vip", "api.rack1"), ALL, "gpuops_api_vip", "not an IP address"),
+    ("vip-is-a-node-address", everywhere("gpuops_api_vip", "10.10.0.12"), ALL, "gpuops_api_vip",
+     "gpuops_node_addresses.cluster.address of cp02"),
+    ("vip-is-a-node-ip", both(everywhere("gpuops_api_vip", "10.250.0.10"), on("cp01", "gpuops_kubernetes_node_ip", "10.250.0.10")),
+     ALL, "gpuops_api_vip", "gpuops_kubernetes_node_ip of cp01"),
+    ("vip-prefix-out-of-range", everywhere("gpuops_api_vip_prefix", 33), ALL, "gpuops_api_vip_prefix", "outside 1..32"),
+    ("vip-prefix-string", everywhere("gpuops_api_vip_prefix", "24"), ALL, "gpuops_api_vip_prefix", "must be a integer"),
+    ("node-ip-not-an-ip", on("gpu01", "gpuops_kubernetes_node_ip", "10.250.0.21/24"), "gpu01", "gpuops_kubernetes_node_ip",
+     "not an IP address"),
+    ("node-ip-duplicate", both(on("gpu01", "gpuops_kubernetes_node_ip", "10.250.0.21"), on("gpu02", "gpuops_kubernetes_node_ip", "10.250.0.21")),
+     "gpu02", "gpuops_kubernetes_node_ip", "also the node IP of gpu01"),
+    ("rack-invalid", on("wk01", "gpuops_rack", "rack 1"), "wk01", "gpuops_rack", "not a valid label value"),
     # per-host variables
     ("addresses-missing", on("wk01", "gpuops_node_addresses", DELETE), "wk01", "gpuops_node_addresses", "host_vars/wk01"),
     ("interfaces-not-a-list", on("cp02", "gpuops_node_interfaces", {"name": "eno1"}), "cp02", "gpuops_node_interfaces", "must be a list"),
@@ -164,6 +180,7 @@ CASES = [
     ("host-in-no-cluster-group", group("kube_node", ["gpu01", "gpu02"]), "wk01", "groups", "neither kube_control_plane"),
     # host names
     ("host-name-invalid", rename("wk01", "wk_01"), "wk_01", "inventory_hostname", "RFC 1123"),
+    ("host-name-label-too-long", rename("wk01", "w" * 64 + ".rack1"), "w" * 64 + ".rack1", "inventory_hostname", "63 characters"),
     ("host-name-duplicate-short-name", rename("wk01", "cp01.rack1.example"), "cp01.rack1.example", "inventory_hostname",
      "duplicate node name"),
     ("host-name-differs-only-in-case", rename("wk01", "GPU01"), "GPU01", "inventory_hostname", "only in letter case"),
@@ -436,3 +453,21 @@ def test_storage_rules_accept_the_documented_layout():
 def test_format_problem():
     assert c.format_problem(c.problem(None, "x", "x is bad. Fix: y.")) == "[all hosts] x is bad. Fix: y."
     assert c.format_problem(c.problem("h1", "x", "x is bad. Fix: y.")) == "[h1] x is bad. Fix: y."
+
+
+def test_network_timers_from_role_defaults_and_inventory():
+    """roles/network's timer rule, with the role's defaults when the inventory does not set them."""
+    specs = {"network_rollback_seconds": {"type": "int", "role": "network", "choices": [], "default": 120},
+             "network_reconnect_timeout": {"type": "int", "role": "network", "choices": [], "default": 60}}
+    hv, groups = inventory()
+    assert check(hv, groups, options={"role_options": specs}) == []
+    everywhere("network_reconnect_timeout", 150)(hv, groups)
+    got = check(hv, groups, options={"role_options": specs})
+    assert [(p["host"], p["variable"]) for p in got] == [(None, "network_rollback_seconds")], lines(got)
+    on("cp01", "network_rollback_seconds", 900)(hv, groups)
+    got = check(hv, groups, options={"role_options": specs})
+    assert sorted(p["host"] for p in got) == ["cp02", "cp03", "gpu01", "gpu02", "wk01"], lines(got)
+    one = hv["gpu01"]
+    got = c.check_network_role_inventory("gpu01", one["gpuops_networks"], one["gpuops_node_interfaces"], one["gpuops_node_addresses"],
+                                         {"network_rollback_seconds": 20, "network_reconnect_timeout": 5})
+    assert {p["variable"] for p in got} == {"network_rollback_seconds", "network_reconnect_timeout"}
