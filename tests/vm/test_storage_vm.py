@@ -125,7 +125,7 @@ def test_storage_guard_force_build_and_idempotence(vm):
 
     # 3. a device the probe cannot read (device-mapper `error` target: every read fails) and a name
     # that does not exist: both stop the run before anything is written
-    vm.ssh("dmsetup create gpuops_bad --table '0 204800 error' && udevadm settle --timeout=60", check=True)
+    vm.ssh("modprobe dm_mod; dmsetup create gpuops_bad --table '0 204800 error' && udevadm settle --timeout=60", check=True)
     bad_real = vm.ssh("readlink -f /dev/mapper/gpuops_bad", check=True).stdout.strip()
     force = [a1, b0, c0_id]
     try:
