@@ -30,7 +30,7 @@ def network_model(networks, interfaces, addresses, management="management"):
     # the model skips what it cannot build; what is wrong is the contract's to say, once
     problems = contract.check_network_role_inventory("node", networks, interfaces, addresses,
                                                      {"management_network": management})
-    skipped = []  # why a part was not modelled; the problem itself is reported by the contract
+    errors = []  # why a part was not modelled; never returned: the contract reports the problem
     networks = networks or {}
     links = {}
     order = []
@@ -49,68 +49,68 @@ def network_model(networks, interfaces, addresses, management="management"):
     parsed = {}
     for name, net in sorted(networks.items()):
         if not isinstance(net, dict) or "cidr" not in net:
-            skipped.append("gpuops_networks.%s needs a cidr" % name)
+            errors.append("gpuops_networks.%s needs a cidr" % name)
             continue
         try:
             parsed[name] = _net(net["cidr"])
         except ValueError as exc:
-            skipped.append("gpuops_networks.%s.cidr %r is not a network address: %s" % (name, net["cidr"], exc))
+            errors.append("gpuops_networks.%s.cidr %r is not a network address: %s" % (name, net["cidr"], exc))
             continue
         vlan = net.get("vlan")
         if vlan is not None and not (isinstance(vlan, int) and 1 <= vlan <= 4094):
-            skipped.append("gpuops_networks.%s.vlan must be an integer 1-4094, got %r" % (name, vlan))
+            errors.append("gpuops_networks.%s.vlan must be an integer 1-4094, got %r" % (name, vlan))
         mtu = net.get("mtu", 1500)
         if not (isinstance(mtu, int) and 576 <= mtu <= 9216):
-            skipped.append("gpuops_networks.%s.mtu must be an integer 576-9216, got %r" % (name, mtu))
+            errors.append("gpuops_networks.%s.mtu must be an integer 576-9216, got %r" % (name, mtu))
         gw = net.get("gateway")
         if gw is not None:
             try:
                 if ipaddress.ip_address(str(gw)) not in parsed[name]:
-                    skipped.append("gpuops_networks.%s.gateway %s is outside %s" % (name, gw, net["cidr"]))
+                    errors.append("gpuops_networks.%s.gateway %s is outside %s" % (name, gw, net["cidr"]))
             except ValueError:
-                skipped.append("gpuops_networks.%s.gateway %r is not an IP address" % (name, gw))
+                errors.append("gpuops_networks.%s.gateway %r is not an IP address" % (name, gw))
 
     # 2. declared interfaces
     for itf in interfaces or []:
         name = itf.get("name")
         kind = itf.get("type", "ethernet")
         if not name:
-            skipped.append("gpuops_node_interfaces: every entry needs a name")
+            errors.append("gpuops_node_interfaces: every entry needs a name")
             continue
         if name in links:
-            skipped.append("gpuops_node_interfaces: %s declared twice" % name)
+            errors.append("gpuops_node_interfaces: %s declared twice" % name)
             continue
         if kind not in ("ethernet", "bond"):
-            skipped.append("gpuops_node_interfaces.%s.type must be ethernet or bond, got %r" % (name, kind))
+            errors.append("gpuops_node_interfaces.%s.type must be ethernet or bond, got %r" % (name, kind))
             continue
         link = add(new_link(name, kind))
         link["mtu"] = itf.get("mtu")
         if kind == "bond":
             mode = itf.get("bond_mode", "802.3ad")
             if mode not in BOND_MODES:
-                skipped.append("gpuops_node_interfaces.%s.bond_mode %r is not one of %s" % (name, mode, ", ".join(BOND_MODES)))
+                errors.append("gpuops_node_interfaces.%s.bond_mode %r is not one of %s" % (name, mode, ", ".join(BOND_MODES)))
             link["bond_mode"] = mode
             members = itf.get("members") or []
             if not members:
-                skipped.append("bond %s needs at least one member" % name)
+                errors.append("bond %s needs at least one member" % name)
             link["members"] = list(members)
     for bond in [l for l in list(links.values()) if l["kind"] == "bond"]:
         for m in bond["members"]:
             member = links.get(m) or add(new_link(m, "ethernet"))
             if member["kind"] != "ethernet":
-                skipped.append("bond %s member %s must be an ethernet link" % (bond["name"], m))
+                errors.append("bond %s member %s must be an ethernet link" % (bond["name"], m))
             elif member["master"] and member["master"] != bond["name"]:
-                skipped.append("%s is a member of both %s and %s" % (m, member["master"], bond["name"]))
+                errors.append("%s is a member of both %s and %s" % (m, member["master"], bond["name"]))
             member["master"] = bond["name"]
 
     # 3. addresses per network role
     seen_addr = {}
     if management not in (addresses or {}):
-        skipped.append("gpuops_node_addresses.%s is required: it is the network Ansible connects over" % management)
+        errors.append("gpuops_node_addresses.%s is required: it is the network Ansible connects over" % management)
     gw_metric = 200
     for net_name, spec in sorted((addresses or {}).items()):
         if net_name not in networks:
-            skipped.append("gpuops_node_addresses.%s: no such network in gpuops_networks (%s)"
+            errors.append("gpuops_node_addresses.%s: no such network in gpuops_networks (%s)"
                           % (net_name, ", ".join(sorted(networks)) or "none"))
             continue
         if net_name not in parsed:
@@ -121,30 +121,30 @@ def network_model(networks, interfaces, addresses, management="management"):
         addr = (spec or {}).get("address")
         parent = links.get(parent_name)
         if parent is None:
-            skipped.append("gpuops_node_addresses.%s.interface %r is not declared in gpuops_node_interfaces"
+            errors.append("gpuops_node_addresses.%s.interface %r is not declared in gpuops_node_interfaces"
                           % (net_name, parent_name))
             continue
         if parent["master"]:
-            skipped.append("gpuops_node_addresses.%s.interface %s is a member of bond %s; address the bond"
+            errors.append("gpuops_node_addresses.%s.interface %s is a member of bond %s; address the bond"
                           % (net_name, parent_name, parent["master"]))
             continue
         try:
             ip = ipaddress.ip_address(str(addr))
         except ValueError:
-            skipped.append("gpuops_node_addresses.%s.address %r is not an IP address" % (net_name, addr))
+            errors.append("gpuops_node_addresses.%s.address %r is not an IP address" % (net_name, addr))
             continue
         if ip not in cidr:
-            skipped.append("gpuops_node_addresses.%s.address %s is outside %s" % (net_name, ip, cidr))
+            errors.append("gpuops_node_addresses.%s.address %s is outside %s" % (net_name, ip, cidr))
             continue
         if str(ip) in seen_addr:
-            skipped.append("address %s used for both %s and %s" % (ip, seen_addr[str(ip)], net_name))
+            errors.append("address %s used for both %s and %s" % (ip, seen_addr[str(ip)], net_name))
         seen_addr[str(ip)] = net_name
         mtu = net.get("mtu", 1500)
         vlan = net.get("vlan")
         if vlan:
             vname = "%s.%s" % (parent_name, vlan)
             if vname in links:
-                skipped.append("networks %s and %s both use VLAN %s on %s"
+                errors.append("networks %s and %s both use VLAN %s on %s"
                               % (links[vname]["networks"][0], net_name, vlan, parent_name))
                 continue
             target = add(new_link(vname, "vlan"))
@@ -153,7 +153,7 @@ def network_model(networks, interfaces, addresses, management="management"):
         else:
             target = parent
             if target["networks"]:
-                skipped.append("networks %s and %s are both untagged on %s"
+                errors.append("networks %s and %s are both untagged on %s"
                               % (target["networks"][0], net_name, parent_name))
         target["networks"].append(net_name)
         target["addresses"].append("%s/%d" % (ip, cidr.prefixlen))
@@ -179,16 +179,16 @@ def network_model(networks, interfaces, addresses, management="management"):
         if link["kind"] == "vlan":
             pmtu = links[link["parent"]]["mtu"] or 1500
             if link["mtu"] > pmtu:
-                skipped.append("VLAN %s MTU %d is larger than its parent %s MTU %d"
+                errors.append("VLAN %s MTU %d is larger than its parent %s MTU %d"
                               % (link["name"], link["mtu"], link["parent"], pmtu))
         if link.get("_untagged_mtu") and link["mtu"] and link["_untagged_mtu"] > link["mtu"]:
-            skipped.append("%s MTU %d is smaller than network %s MTU %d"
+            errors.append("%s MTU %d is smaller than network %s MTU %d"
                           % (link["name"], link["mtu"], link["networks"][0], link["_untagged_mtu"]))
     for link in [links[n] for n in order]:
         if link["master"]:
             bond_mtu = links[link["master"]]["mtu"]
             if link["mtu"] and bond_mtu and link["mtu"] != bond_mtu:
-                skipped.append("bond member %s MTU %d differs from bond %s MTU %d"
+                errors.append("bond member %s MTU %d differs from bond %s MTU %d"
                               % (link["name"], link["mtu"], link["master"], bond_mtu))
             link["mtu"] = bond_mtu
         link.pop("_untagged_mtu", None)

@@ -292,8 +292,9 @@ def check_api_vip(cluster, hostvars, hosts, groups):
                 "Fix: pick a free address for gpuops_api_vip.") % (ip, var, h)))
     prefix = cluster.get("gpuops_api_vip_prefix")
     if _is_int(prefix) and not 1 <= prefix <= ip.max_prefixlen:
-        p.append(problem(ALL_HOSTS, "gpuops_api_vip_prefix", "gpuops_api_vip_prefix %d is outside 1..%d. Fix: use the prefix "
-                                                              "length of the VIP's network, e.g. 24." % (prefix, ip.max_prefixlen)))
+        p.append(problem(ALL_HOSTS, "gpuops_api_vip_prefix", (
+            "gpuops_api_vip_prefix %d is outside 1..%d. Fix: use the prefix length of the VIP's network, e.g. 24.")
+            % (prefix, ip.max_prefixlen)))
     return p
 
 
