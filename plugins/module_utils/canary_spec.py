@@ -18,6 +18,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import copy
+import math
 
 TEMPLATE_CHOICES = ["request-success-rate", "request-duration", "torchserve-success-rate",
                     "torchserve-error-rate", "torchserve-latency-p99"]
@@ -91,7 +92,7 @@ def numeric_errors(values, rules, where=""):
         if value is None:
             continue
         test, wording = _RULES[rules[name]]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or not test(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not test(value):
             errors.append("%s%s must be %s, got %r" % (where, name, wording, value))
     return errors
 

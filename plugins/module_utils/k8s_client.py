@@ -30,18 +30,21 @@ from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_errors import (
     k8s_error_message, retry_transient, retry_warning)
 from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_readiness import deployment_readiness
 
+__all__ = [
+    # k8s_connection
+    "AUTH_PARAM_NAMES", "HAS_KUBERNETES", "K8S_AUTH_ARG_SPEC", "KUBERNETES_IMPORT_ERROR", "ApiException",
+    "K8sClientError", "get_api_client", "k8s_auth_argument_spec", "require_kubernetes",
+    # k8s_errors
+    "TRANSIENT_STATUSES", "Backoff", "api_error_message", "connection_error_message", "fail_on_k8s_error",
+    "is_transient", "k8s_error_message", "retry_transient", "retry_warning",
+    # this file
+    "CustomObjects", "DeploymentOps",
+]
+
 try:
     import kubernetes
 except ImportError:  # pragma: no cover - k8s_connection reports the missing library
     kubernetes = None
-
-
-class PromotionError(K8sClientError):
-    """The stable Deployment was rewritten but did not become ready; ``previous`` is what it replaced."""
-
-    def __init__(self, message, previous):
-        K8sClientError.__init__(self, message)
-        self.previous = previous
 
 
 class CustomObjects(object):

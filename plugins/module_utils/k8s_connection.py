@@ -34,6 +34,9 @@ except ImportError:  # pragma: no cover - exercised only without the library
         body = None
 
 
+__all__ = ["AUTH_PARAM_NAMES", "HAS_KUBERNETES", "K8S_AUTH_ARG_SPEC", "KUBERNETES_IMPORT_ERROR", "ApiException",
+           "K8sClientError", "get_api_client", "k8s_auth_argument_spec", "require_kubernetes"]
+
 K8S_AUTH_ARG_SPEC = {
     "kubeconfig": {"type": "path", "fallback": (env_fallback, ["K8S_AUTH_KUBECONFIG"])},
     "context": {"type": "str", "fallback": (env_fallback, ["K8S_AUTH_CONTEXT"])},

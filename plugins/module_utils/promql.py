@@ -163,7 +163,7 @@ def prometheus_argument_spec():
 def prometheus_errors(params):
     """Messages for connection options that cannot work (a timeout of 0 or less), to fail before any change."""
     timeout = params.get("prometheus_timeout")
-    if timeout is not None and not timeout > 0:
+    if timeout is not None and (math.isnan(timeout) or timeout <= 0):
         return ["prometheus_timeout must be more than 0 seconds, got %r" % (timeout,)]
     return []
 
@@ -206,7 +206,7 @@ class PrometheusClient:
     def __init__(self, url, timeout=10, headers=None, validate_certs=True, ca_path=None, opener=None):
         if not url:
             raise PrometheusError("prometheus url is empty")
-        if timeout is None or not timeout > 0:
+        if timeout is None or math.isnan(timeout) or timeout <= 0:
             raise PrometheusError("prometheus timeout must be more than 0 seconds, got %r" % (timeout,))
         self.url = url.rstrip("/")
         self.timeout = timeout
@@ -250,7 +250,8 @@ class PrometheusClient:
                     box["answer"] = self._opener(url, self.headers, self.timeout)
                 else:
                     box["answer"] = self._http_get(url, self.headers, self.timeout, progress)
-            except Exception as exc:  # pylint: disable=broad-except - handed to the caller below
+            except Exception as exc:  # pylint: disable=broad-except
+                # handed to the caller below
                 box["error"] = exc
 
         worker = threading.Thread(target=work, name="prometheus-query")

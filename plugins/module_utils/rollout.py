@@ -36,6 +36,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import json
+import math
 import time
 
 STATE_ANNOTATION = "gpuops.io/canary-state"
@@ -70,7 +71,7 @@ def _is_number(value, integer=False):
         return False
     if integer:
         return isinstance(value, int)
-    return isinstance(value, (int, float)) and value == value and value not in (float("inf"), float("-inf"))
+    return isinstance(value, (int, float)) and not math.isnan(value) and not math.isinf(value)
 
 
 def validate_config(cfg):
@@ -449,7 +450,8 @@ class Rollout(object):
             stopped = dict(state, stopped=True, reason="stopped: %s" % exc)
             self._save(stopped, weights["stable"], weights["canary"])
             return True
-        except Exception:  # pylint: disable=broad-except - the original error is the one reported
+        except Exception:  # pylint: disable=broad-except
+            # the original error is the one reported
             return False
 
     def _promotion_refusal(self, state):

@@ -147,6 +147,7 @@ from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_errors import f
 from ansible_collections.gpuops.cluster.plugins.module_utils.promql import (
     prometheus_argument_spec, prometheus_errors, prometheus_settings)
 
+
 def argument_spec():
     spec = k8s_auth_argument_spec()
     spec.update(prometheus_argument_spec())
