@@ -32,8 +32,13 @@ def role_options():
     return out
 
 
+_LOADER = []
+
+
 def load(source):
-    init_plugin_loader()  # lookups in the inventory (the lab's env lookups) need the plugin loader
+    if not _LOADER:  # lookups in the inventory (the lab's env lookups) need the plugin loader, once
+        init_plugin_loader()
+        _LOADER.append(True)
     loader = DataLoader()
     inv = InventoryManager(loader=loader, sources=[str(source)])
     hv = HostVars(inventory=inv, variable_manager=VariableManager(loader=loader, inventory=inv), loader=loader)
