@@ -58,6 +58,9 @@ for kv in vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel/panic_
   if [ "$v" = keep ]; then cat "/proc/sys/$k" > "$f"; else echo "$v" > "$f"; fi
   mount --bind "$f" "/proc/sys/$k"
 done
+# The node's own per-network-namespace settings. systemd-sysctl is masked in this image: it would
+# apply every /etc/sysctl.d file (os_baseline's included) to the SHARED kernel at each boot.
+sysctl -q -p /etc/sysctl.d/90-gpuops-lab-k8s.conf
 SH
 chmod 0755 "$ctx/usr/local/sbin/gpuops-sysctl-shield"
 cat > "$ctx/etc/systemd/system/gpuops-sysctl-shield.service" <<'UNIT'
@@ -66,8 +69,7 @@ cat > "$ctx/etc/systemd/system/gpuops-sysctl-shield.service" <<'UNIT'
 [Unit]
 Description=gpuops lab: shadow host-global sysctls before containerd and the kubelet start
 DefaultDependencies=no
-After=systemd-sysctl.service
-Before=containerd.service kubelet.service sysinit.target
+Before=containerd.service kubelet.service sysinit.target systemd-sysctl.service
 
 [Service]
 Type=oneshot
@@ -77,7 +79,7 @@ ExecStart=/usr/local/sbin/gpuops-sysctl-shield
 [Install]
 WantedBy=sysinit.target
 UNIT
-# Per-network-namespace settings of the node itself (never the host's).
+# Per-network-namespace settings of the node itself (never the host's), applied by the shield unit.
 cat > "$ctx/etc/sysctl.d/90-gpuops-lab-k8s.conf" <<'CONF'
 net.ipv4.ip_forward = 1
 net.bridge.bridge-nf-call-iptables = 1
@@ -90,7 +92,7 @@ RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq 
  && { systemctl disable keepalived.service >/dev/null 2>&1 || true; }
 COPY etc/ /etc/
 COPY usr/ /usr/
-RUN systemctl enable gpuops-sysctl-shield.service
+RUN systemctl enable gpuops-sysctl-shield.service && systemctl mask systemd-sysctl.service
 LABEL io.gpuops.recipe=$recipe
 CF
 log "building $IMAGE from $BASE"
