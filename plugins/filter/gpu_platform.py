@@ -28,6 +28,7 @@ __metaclass__ = type
 
 import datetime
 import math
+import re
 
 from ansible.errors import AnsibleFilterError
 
@@ -35,23 +36,79 @@ GPU = "nvidia.com/gpu"
 
 
 # -- helm values ---------------------------------------------------------------------------------
+# kubernetes.core.helm writes release_values with PyYAML (YAML 1.1 as PyYAML reads it) into a file
+# for `helm upgrade -f`; Helm reads it with Go's YAML 1.1 and keeps the result as JSON; on the next
+# run the module compares `helm get values` (Go's YAML, read back by PyYAML) with what it passes.
+# Where the three disagree, the value Helm records is not the one passed (and the chart gets it),
+# and every run reports a change. Measured with helm v3.21.4 (docs/platform.md):
+# - a string PyYAML writes unquoted that Go reads as another type: "y"/"n" (and Y/N) become
+#   booleans, "1e3" / "1.0e3" numbers -- as values and as keys;
+# - integers beyond 2**53 lose precision (JSON float64);
+# - floats Go prints in exponent form without a dot (|x| < 1e-6 or >= 1e21) come back as strings.
+# Those are refused with the value's path; integral floats become ints (Helm records 2.0 as 2).
+_GO_BOOLS = frozenset("y Y yes Yes YES n N no No NO true True TRUE false False FALSE on On ON off Off OFF".split())
+_GO_NULLS = frozenset(["", "~", "null", "Null", "NULL"])
+_GO_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+_GO_SPECIAL_FLOAT = frozenset(".inf .Inf .INF +.inf +.Inf +.INF -.inf -.Inf -.INF .nan .NaN .NAN".split())
+_GO_INT = re.compile(r"^[-+]?(0b[01]+|0o?[0-7]+|0x[0-9a-fA-F]+|[0-9]+)$")
+_JSON_SAFE_INT = 2 ** 53
+
+
+def _go_yaml_type(text):
+    """What Go's YAML 1.1 (sigs.k8s.io/yaml) makes of an unquoted scalar."""
+    if text in _GO_NULLS:
+        return "null"
+    if text in _GO_BOOLS:
+        return "bool"
+    plain = text.replace("_", "")
+    if _GO_INT.match(plain):
+        return "int"
+    if _GO_FLOAT.match(plain) or text in _GO_SPECIAL_FLOAT:
+        return "float"
+    return "str"
+
+
+def _pyyaml_writes_plain(text):
+    """True when PyYAML's resolver reads ``text`` as a string, so yaml.dump does not quote it."""
+    import yaml
+    return yaml.resolver.Resolver().resolve(yaml.ScalarNode, text, (True, False)) == "tag:yaml.org,2002:str"
+
+
+def _check_string(text, path, what):
+    kind = _go_yaml_type(text)
+    if kind != "str" and _pyyaml_writes_plain(text):
+        raise AnsibleFilterError(
+            "helm values: %s %s %r would reach Helm as a %s, not a string: kubernetes.core.helm writes it "
+            "unquoted and Helm reads YAML 1.1; the release would hold another value than the one passed and every "
+            "run would report a change. Use an unambiguous spelling (for a boolean true/false, for a number a number)."
+            % (path, what, text, kind))
+    return text
+
+
 def _canonical(value, path):
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
+        if abs(value) > _JSON_SAFE_INT:
+            raise AnsibleFilterError("helm values: %s is %d, beyond 2**53: Helm keeps numbers as JSON float64 and "
+                                     "would record %r; pass it as a string" % (path, value, float(value)))
         return value
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             raise AnsibleFilterError("helm values: %s is %r, which JSON (and Helm) cannot hold" % (path, value))
-        # Helm keeps values as JSON numbers: 2.0 comes back as 2
-        return int(value) if value.is_integer() and abs(value) < 2 ** 53 else value
+        if value.is_integer() and abs(value) <= _JSON_SAFE_INT:
+            return int(value)  # Helm records 2.0 as 2
+        if value != 0 and (abs(value) < 1e-6 or abs(value) >= 1e21):
+            raise AnsibleFilterError("helm values: %s is %r: Helm prints it in exponent form (%s), which reads back as "
+                                     "a string; pass it as a string or in other units" % (path, value, repr(value)))
+        return value
     if isinstance(value, (datetime.date, datetime.datetime)):
         # YAML timestamps are strings to Helm (JSON has no date type)
         return value.isoformat()
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            key = k if isinstance(k, str) else _scalar_key(k, path)
+            key = _check_string(k, path, "key") if isinstance(k, str) else _scalar_key(k, path)
             if key in out:
                 raise AnsibleFilterError("helm values: %s has the key %r twice once keys are strings" % (path, key))
             out[key] = _canonical(v, "%s.%s" % (path, key))
@@ -59,7 +116,7 @@ def _canonical(value, path):
     if isinstance(value, (list, tuple)):
         return [_canonical(v, "%s[%d]" % (path, i)) for i, v in enumerate(value)]
     if isinstance(value, str):
-        return str(value)
+        return _check_string(str(value), path, "string")
     raise AnsibleFilterError("helm values: %s has a value of type %s that Helm cannot hold"
                              % (path, type(value).__name__))
 
@@ -73,8 +130,8 @@ def _scalar_key(key, path):
 
 
 def helm_values_canonical(values):
-    """Values with the types Helm keeps (JSON): string keys, integral floats as ints, dates as
-    ISO strings, tuples as lists; NaN/Inf and other types are refused with the value's path."""
+    """Values as Helm will record them (see above), or an error naming the value Helm would not
+    record as passed."""
     if values is None:
         return {}
     if not isinstance(values, dict):

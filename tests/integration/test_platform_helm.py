@@ -350,7 +350,8 @@ PROBE_CHART = {
     "templates/cm.yaml": ("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\n"
                           "data:\n  values.json: {{ toJson .Values | quote }}\n"),
 }
-# values whose type or spelling changes between Ansible, PyYAML and Helm's JSON/Go YAML
+# values whose type or spelling could change between Ansible, PyYAML and Helm's JSON/Go YAML, and
+# that helm_values_canonical accepts
 PROBE_VALUES = """
       replicas: 3
       ratio: 2.0
@@ -364,7 +365,6 @@ PROBE_VALUES = """
       on_string: "on"
       date_string: "2026-01-02"
       date: 2026-01-02
-      exp: "1e3"
       empty: ""
       empty_map: {}
       empty_list: []
@@ -417,6 +417,39 @@ def test_values_that_round_trip_differently_cause_no_false_change(platform, k8s)
     assert changed["rc"] == 0 and changed["stats"]["changed"] == 1, brief(changed)
     rel = helm_list(k8s.kubeconfig, platform["helm_home"])[(ns, "probe")]
     assert rel["revision"] == "2", rel
+
+
+def test_values_helm_would_record_differently_upstream_false_change_and_our_refusal(platform, k8s):
+    """kubernetes.core.helm alone: "y" is written unquoted, Helm records a boolean, and every run
+    "upgrades" (the false change). helm_release refuses the value before anything runs."""
+    work = platform["work"] / "raw"
+    chart = work / "chart"
+    for rel, text in PROBE_CHART.items():
+        (chart / rel).parent.mkdir(parents=True, exist_ok=True)
+        (chart / rel).write_text(text)
+    ns = k8s.fresh_namespace("helm-raw")
+    helm = require_binary("helm", HELM_HINT)
+    inv = inventory(work / "hosts.yml", {})
+    raw = work / "raw.yml"
+    raw.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "Raw module", "kubernetes.core.helm": {
+            "name": "raw", "release_namespace": ns, "chart_ref": str(chart), "binary_path": helm,
+            "kubeconfig": k8s.kubeconfig, "release_values": {"answer": "y"}}}]}]))
+    runs = [run(raw, work, inv, {}) for _ in range(2)]
+    assert all(r["rc"] == 0 for r in runs), brief(runs[-1])
+    assert runs[1]["stats"]["changed"] == 1, "upstream no longer reports a false change: " + brief(runs[1])
+    rel = helm_list(k8s.kubeconfig, platform["helm_home"])[(ns, "raw")]
+    assert rel["revision"] == "2", rel
+    ours = work / "ours.yml"
+    ours.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "Ours", "ansible.builtin.include_role": {"name": "gpuops.cluster.helm_release"},
+         "vars": {"helm_release_name": "ours", "helm_release_namespace": ns, "helm_release_chart": "gpuops-probe",
+                  "helm_release_chart_version": "0.1.0", "helm_release_chart_file": str(chart),
+                  "helm_release_values": {"answer": "y"}}}]}]))
+    r = run(ours, work, inv, {"gpuops_kubeconfig": k8s.kubeconfig, "gpuops_helm_binary": helm})
+    assert r["rc"] != 0
+    assert "values.answer string 'y' would reach Helm as a bool" in r["stdout"], brief(r)
+    assert (ns, "ours") not in helm_list(k8s.kubeconfig, platform["helm_home"])
 
 
 @pytest.fixture

@@ -47,10 +47,10 @@ def node(name, gpus=None, ready=True, extra=None):
 # -- helm_values_canonical --------------------------------------------------------------------
 def test_values_keep_json_types_and_turn_the_rest_into_what_helm_records():
     v = {"a": 2.0, "b": 2.5, "c": True, "d": None, "e": "8", "f": (1, 2), 3: "int key",
-         "when": datetime.date(2026, 1, 2), "nested": {"x": [1.0, {"y": False}]}}
+         "when": datetime.date(2026, 1, 2), "nested": {"x": [1.0, {"yy": False}]}}
     out = gp.helm_values_canonical(v)
     assert out == {"a": 2, "b": 2.5, "c": True, "d": None, "e": "8", "f": [1, 2], "3": "int key",
-                   "when": "2026-01-02", "nested": {"x": [1, {"y": False}]}}
+                   "when": "2026-01-02", "nested": {"x": [1, {"yy": False}]}}
     assert type(out["a"]) is int and type(out["e"]) is str and type(out["c"]) is bool
 
 
@@ -61,12 +61,31 @@ def test_values_canonical_is_idempotent_and_does_not_touch_its_input():
     assert v == {"a": {"b": [1.0]}} and type(v["a"]["b"][0]) is float
 
 
-@pytest.mark.parametrize("bad, where", [({"x": float("nan")}, "values.x"), ({"y": [float("inf")]}, "values.y[0]"),
+@pytest.mark.parametrize("bad, where", [({"x": float("nan")}, "values.x"), ({"w": [float("inf")]}, "values.w[0]"),
                                         ({"z": {1: "a", "1": "b"}}, "values.z"), ({"s": {1, 2}}, "values.s")])
 def test_values_helm_cannot_hold_are_refused_with_their_path(bad, where):
     with pytest.raises(Exception) as exc:
         gp.helm_values_canonical(bad)
     assert where in str(exc.value)
+
+
+@pytest.mark.parametrize("bad, where, why", [
+    ({"flag": "y"}, "values.flag", "bool"), ({"a": {"N": 1}}, "values.a key 'N'", "bool"),
+    ({"x": ["1e3"]}, "values.x[0]", "float"), ({"v": "1.0e3"}, "values.v", "float"),
+    ({"big": 2 ** 53 + 1}, "values.big", "2**53"), ({"tiny": 1e-7}, "values.tiny", "exponent"),
+    ({"huge": 1.5e21}, "values.huge", "exponent"), ({"huge": 1.25e22 + 0.5}, "values.huge", ""),
+])
+def test_values_helm_would_record_differently_are_refused(bad, where, why):
+    """Measured with helm v3.21.4: these come back from `helm get values` as another value."""
+    with pytest.raises(Exception) as exc:
+        gp.helm_values_canonical(bad)
+    assert where in str(exc.value) and why in str(exc.value)
+
+
+@pytest.mark.parametrize("ok", ["yes", "no", "on", "off", "true", "1.30", "0755", "0x1F", "2026-01-02", "~", "",
+                                "null", "1:20", "3.0", "+1", "1_000", "abc", "a: b", "*", "größe", ".inf"])
+def test_strings_pyyaml_quotes_pass_unchanged(ok):
+    assert gp.helm_values_canonical({"k": ok, ok or "empty": 1}) == {"k": ok, ok or "empty": 1}
 
 
 def test_values_none_is_empty_and_a_list_is_refused():
