@@ -261,7 +261,7 @@ podman_image() {
   local_tag="localhost/gpuops-$name:${ref##*:}"
   podman build --pull=never -q -f "$ctx/Containerfile" -t "$local_tag" "$ctx" >/dev/null
   rm -f "$BUILD/podman-save.tar"
-  podman save --format oci-archive -o "$BUILD/podman-save.tar" "$local_tag" >/dev/null
+  podman save -q --format oci-archive -o "$BUILD/podman-save.tar" "$local_tag" >/dev/null
   "${NICE[@]}" "${OCI[@]}" normalize "$BUILD/podman-save.tar" "$out" --ref "$ref" > /dev/null
   rm -f "$BUILD/podman-save.tar"
   printf '%s' "$stamp" > "$out.stamp"

@@ -143,7 +143,8 @@ def test_second_up_pushes_nothing_and_the_access_log_shows_requests(manifest, re
     insp = json.loads(_run(["podman", "container", "inspect", name]).stdout)[0]
     assert insp["Config"]["Labels"]["io.gpuops.kind"] == "site-registry"
     assert insp["Config"]["Timeout"] == 600  # bounded lifetime (podman run --timeout)
-    assert not insp["HostConfig"]["PortBindings"]  # nothing published on the host
+    assert _run(["podman", "port", name]).stdout.strip() == ""  # nothing published on the host
+    assert all(not v for v in (insp["HostConfig"]["PortBindings"] or {}).values())
 
 
 def test_down_leaves_a_container_without_our_label(manifest, registry):
