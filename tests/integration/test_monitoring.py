@@ -369,6 +369,12 @@ def monitoring_role(k8s, tmp_path_factory):
     runs["check_changed"] = _run(work / "check-changed", dict(xvars, monitoring_prometheus_retention="30d",
                                                               monitoring_torchserve_interval="30s"),
                                  outputs, check=True)
+    # check mode before the first install: the namespace does not exist yet
+    fresh = "mon-fresh-" + uuid.uuid4().hex[:6]
+    runs["check_fresh"] = _run(work / "check-fresh", dict(xvars, monitoring_namespace=fresh,
+                                                          monitoring_release_name="kps-" + fresh[-6:]),
+                               outputs, check=True)
+    runs["check_fresh"]["namespace"] = fresh
     for name, r in runs.items():
         print(f"monitoring run {name}: rc={r['rc']} wall={r['wall']}s changed={(r.get('stats') or {})}")
     yield {"runs": runs, "ns": ns, "vars": xvars, "work": work, "outputs": outputs, "password": password}
@@ -444,6 +450,11 @@ def test_second_run_and_check_mode_change_nothing(monitoring_role):
     changed = [n for n, t in r["tasks"].items() if t.get("changed")]
     assert any(n.startswith("Helm release") for n in changed), changed
     assert "ServiceMonitors and PodMonitors" in changed, changed
+    # before the first install, check mode reports the release and says what it cannot compare
+    r = runs["check_fresh"]
+    assert r["rc"] == 0, _brief(r)
+    assert any(n.startswith("Helm release") and t.get("changed") for n, t in r["tasks"].items()), _brief(r)
+    assert "not there yet" in r["tasks"]["Say what check mode cannot show"]["msg"], _brief(r)
 
 
 @pytest.mark.integration
@@ -454,6 +465,9 @@ def test_check_mode_applied_nothing_and_helm_revision_is_one(monitoring_role, k8
         assert _custom(api, "prometheuses", ns)[0]["spec"]["retention"] == "15d"
         pm = _custom(api, "podmonitors", ns, "gpuops-torchserve")
         assert pm["spec"]["podMetricsEndpoints"][0]["interval"] == "15s"
+        from kubernetes import client
+        fresh = monitoring_role["runs"]["check_fresh"]["namespace"]
+        assert fresh not in {n.metadata.name for n in client.CoreV1Api(api).list_namespace().items}
     env = dict(os.environ, KUBECONFIG=k8s.kubeconfig)
     home = monitoring_role["work"] / "helm-home"
     env.update({"HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
