@@ -159,30 +159,34 @@ def test_down_leaves_a_container_without_our_label(manifest, registry):
         _run(["podman", "rm", "-f", f"gpuops-registry-{net}"], check=False)
 
 
-def _role_play(tmp_path, registry, manifest_path):
-    play = [{"hosts": "localhost", "gather_facts": False,
-             "roles": [{"role": "gpuops.cluster.container_images",
-                        "vars": {"container_images_registry_url": registry["url"],
-                                 "container_images_bundle_manifest": str(manifest_path),
-                                 "container_images_prepull": False}}]}]
-    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
-    return _run(["ansible-playbook", "-i", "localhost,", "-c", "local",
-                 "-e", f"ansible_python_interpreter={sys.executable}", str(tmp_path / "play.yml")],
-                env={"ANSIBLE_NOCOLOR": "1"}, check=False)
-
-
 def test_role_checks_the_registry_against_the_bundle(manifest, registry, tmp_path):
-    ok = _role_play(tmp_path, registry, BUNDLE / "manifest.json")
-    assert ok.returncode == 0, ok.stdout[-3000:]
-    assert "failed=0" in ok.stdout
-    # a manifest whose CoreDNS digest differs from what the registry serves must fail the role
+    """The role passes against the registry with the real manifest, and refuses a manifest whose
+    CoreDNS digest differs from what the registry serves (one ansible-playbook run for both)."""
     bad = json.loads(json.dumps(manifest))
     core = next(i for i in bad["images"] if i["name"] == "coredns")
     core["digest"] = "sha256:" + "0" * 64
     (tmp_path / "bad.json").write_text(json.dumps(bad))
-    fail = _role_play(tmp_path, registry, tmp_path / "bad.json")
-    assert fail.returncode != 0
-    assert "with the bundle digest sha256:" + "0" * 64 in fail.stdout, fail.stdout[-3000:]
+    common = {"container_images_registry_url": registry["url"], "container_images_prepull": False}
+    role = "gpuops.cluster.container_images"
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "Check the registry against the bundle", "ansible.builtin.include_role": {"name": role},
+         "vars": {**common, "container_images_bundle_manifest": str(BUNDLE / "manifest.json")}},
+        {"name": "A wrong digest must be refused", "block": [
+            {"name": "Check against a manifest with a wrong CoreDNS digest", "ansible.builtin.include_role": {"name": role},
+             "vars": {**common, "container_images_bundle_manifest": str(tmp_path / "bad.json"),
+                      "container_images_list": [{"name": "coredns", "image": core["ref"].rsplit(":", 1)[0],
+                                                 "tag": core["tag"], "nodes": "all"}]}},
+            {"name": "Not refused", "ansible.builtin.fail": {"msg": "WRONG DIGEST ACCEPTED"}}],
+         "rescue": [{"name": "Refused", "ansible.builtin.debug": {"msg": "WRONG DIGEST REFUSED"}}]}]}]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
+    proc = _run(["ansible-playbook", "-i", "localhost,", "-c", "local",
+                 "-e", f"ansible_python_interpreter={sys.executable}", str(tmp_path / "play.yml")],
+                env={"ANSIBLE_NOCOLOR": "1"}, check=False)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-4000:]
+    assert "WRONG DIGEST REFUSED" in out and "WRONG DIGEST ACCEPTED" not in out, out[-4000:]
+    assert "with the bundle digest sha256:" + "0" * 64 in out, out[-4000:]
+    assert "rescued=1" in out
 
 
 def test_oci_tool_is_reproducible_and_refuses_bad_refs(tmp_path):
