@@ -264,6 +264,14 @@ case "${1:-}" in
   stop) shift; stop_server "$@"; exit 0 ;;
 esac
 
+# One build at a time (setup and a by-hand run, or `make lab` beside `make test`): a second caller
+# waits, then finds the stamps up to date.
+exec 9>"$BUILD/.lock"
+if ! flock -n 9; then
+  log "another k8s-mirror.sh build is running; waiting for it"
+  flock 9
+fi
+
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(containerd kubernetes apt)
 for p in "${parts[@]}"; do
