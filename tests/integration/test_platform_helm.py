@@ -27,7 +27,8 @@ import yaml
 
 from tests.testbed.common import SHARED, free_port, private_stdin, require_binary
 
-pytestmark = pytest.mark.integration
+# the module fixture runs the platform playbook three times (helm --wait on a loaded 2-core box)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 PLATFORM = REPO / "playbooks" / "platform.yml"
