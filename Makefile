@@ -3,10 +3,10 @@
 #   make test   set up and run the whole test suite (what CI runs)
 # One tier alone: make lint | unit | integration | molecule | vm
 SHELL := /bin/bash
-.PHONY: lab lab-down test setup lint unit integration molecule vm sanity build
+.PHONY: lab lab-down test setup lint unit integration molecule vm cluster sanity build
 
 lab:
-	scripts/setup base node-image
+	scripts/setup base node-image k8s k8s-mirror cluster-images lab-node-image
 	scripts/lab up
 	scripts/site-lab
 
@@ -29,7 +29,7 @@ unit:
 	scripts/test unit
 
 integration:
-	scripts/setup base k8s openbao torchserve
+	scripts/setup base k8s openbao torchserve cluster-images helm
 	scripts/test integration
 
 molecule:
@@ -39,3 +39,7 @@ molecule:
 vm:
 	scripts/setup base vm-image
 	scripts/test vm
+
+cluster:
+	scripts/setup base node-image k8s k8s-mirror cluster-images lab-node-image
+	scripts/test cluster
