@@ -21,6 +21,13 @@ IMAGE="${GPUOPS_LAB_NODE_IMAGE:-localhost/gpuops-lab-node:bookworm}"
 # kubernetes_packages role's deb822 repository; ebtables: kubeadm preflight.
 PACKAGES=(iptables conntrack ipset ethtool socat ebtables keepalived runc python3-debian gnupg
           ca-certificates curl)
+# Units a lab node does not need, masked to save host-global inotify instances (docs/lab.md
+# "inotify budget"): fs.inotify.max_user_instances (128 here) counts root's instances across every
+# user namespace, so the six nodes share it with each other and with the rest of the machine.
+# dbus and logind hold one each; each ask-password .path unit holds one in systemd (PID 1).
+# No role talks to dbus (systemctl reaches PID 1 over its private socket).
+MASKED=(dbus.service dbus.socket systemd-logind.service
+        systemd-ask-password-console.path systemd-ask-password-wall.path)
 log() { printf '==> [lab-node-image %s] %s\n' "$(date +%T)" "$*"; }
 
 bash "$GPUOPS_REPO/scripts/build/node-image.sh"
@@ -92,7 +99,8 @@ RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq 
  && { systemctl disable keepalived.service >/dev/null 2>&1 || true; }
 COPY etc/ /etc/
 COPY usr/ /usr/
-RUN systemctl enable gpuops-sysctl-shield.service && systemctl mask systemd-sysctl.service
+RUN systemctl enable gpuops-sysctl-shield.service && systemctl mask systemd-sysctl.service \\
+ && systemctl mask ${MASKED[*]}
 LABEL io.gpuops.recipe=$recipe
 CF
 log "building $IMAGE from $BASE"
