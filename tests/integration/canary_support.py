@@ -331,7 +331,10 @@ def run_playbook(playbook: Path, extra_vars: dict, workdir: Path, env: Optional[
         for task in play.get("tasks", []):
             res = (task.get("hosts") or {}).get("localhost")
             if res is not None:
-                out["tasks"][task["task"]["name"]] = res
+                name = task["task"]["name"]
+                out["tasks"][name] = res
+                if " : " in name:  # a role's task ("canary_release : Analyse ..."): also by its own name
+                    out["tasks"].setdefault(name.split(" : ", 1)[1], res)
     out["stats"] = doc.get("stats")
     return out
 
