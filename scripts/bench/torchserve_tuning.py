@@ -36,6 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+# pylint: disable=wrong-import-position
 import jinja2  # noqa: E402  (the main venv has it: Ansible's dependency)
 import yaml  # noqa: E402
 
