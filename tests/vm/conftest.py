@@ -18,7 +18,9 @@ def vm_factory(request, keep_logs):
             return VM.attach(attach)
         if started:
             raise RuntimeError("one VM at a time: stop the previous one first")
-        vm = VM(name=name, lifetime=int(os.environ.get("GPUOPS_VM_LIFETIME", "2400")), **kwargs)
+        # the guest outlives the slowest VM test's pytest timeout (3600 s), so a test that is only
+        # slow ends with its own timeout and logs instead of a guest killed under it
+        vm = VM(name=name, lifetime=int(os.environ.get("GPUOPS_VM_LIFETIME", "3900")), **kwargs)
         vm.start()
         started.append(vm)
         return vm
