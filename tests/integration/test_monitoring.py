@@ -431,9 +431,12 @@ def test_role_installs_the_stack_and_its_objects(monitoring_role, k8s):
         deps = client.AppsV1Api(api).list_namespaced_deployment(ns).items
         grafana = [d for d in deps if d.metadata.name.endswith("grafana")]
         assert grafana, [d.metadata.name for d in deps]
-        env = {e.name: e.value for c in grafana[0].spec.template.spec.containers for e in (c.env or [])}
-        assert env.get("LABEL") == "grafana_dashboard" and env.get("LABEL_VALUE") == "1", env
-        assert env.get("FOLDER_ANNOTATION") == "grafana_folder" and env.get("NAMESPACE") == "ALL", env
+        # one sidecar container per kind (dashboards, datasources): find the dashboards' one
+        envs = [{e.name: e.value for e in (c.env or [])} for c in grafana[0].spec.template.spec.containers]
+        dash = [e for e in envs if e.get("LABEL") == "grafana_dashboard"]
+        assert len(dash) == 1, envs
+        assert dash[0].get("LABEL_VALUE") == "1" and dash[0].get("FOLDER_ANNOTATION") == "grafana_folder", dash
+        assert dash[0].get("NAMESPACE") == "ALL", dash
 
 
 @pytest.mark.integration
