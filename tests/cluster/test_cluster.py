@@ -136,8 +136,9 @@ def workload(lab):
 
 
 def fetch(ns, url, timeout=5):
-    """wget from the client pod; returns (rc, output)."""
-    proc = kubectl("-n", ns, "exec", "client", "--", "wget", "-q", "-O", "-", "-T", str(timeout), url,
+    """wget from the client pod; returns (rc, output). The time limit is busybox's ``timeout``: the
+    test image's wget (Debian busybox-static 1.35.0) dies with SIGSEGV (exit 139) on ``-T``."""
+    proc = kubectl("-n", ns, "exec", "client", "--", "timeout", str(timeout), "wget", "-q", "-O", "-", url,
                    check=False, timeout=timeout + 30)
     return proc.returncode, (proc.stdout + proc.stderr).strip()
 
