@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.testbed.common import SHARED, free_port, private_stdin, require_binary
+from tests.testbed.common import SHARED, free_port, kill_group, private_stdin, require_binary
 
 # the module fixture runs the platform playbook three times (helm --wait on a loaded 2-core box)
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -469,7 +469,8 @@ def chart_repo(tmp_path):
                 time.sleep(0.2)
         yield url
     finally:
-        proc.kill()
+        # the whole group: killing `timeout` alone orphaned the server, outliving its bound
+        kill_group(proc.pid, grace=5)
         proc.wait(timeout=10)
 
 
