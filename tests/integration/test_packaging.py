@@ -30,7 +30,7 @@ REQUIRED = ["MANIFEST.json", "FILES.json", "README.md", "LICENSE", "meta/runtime
 FORBIDDEN_TOP = {"tests", "scripts", "molecule", "Makefile", "ansible.cfg", "pytest.ini", "requirements-dev.txt",
                  ".ci", ".config", ".ansible", ".ansible-lint", ".yamllint", ".gitignore", ".git", ".pytest_cache"}
 FORBIDDEN_ANYWHERE = ("/molecule/", "__pycache__", ".pyc", "inventories/lab", "changelogs/fragments",
-                      "docs/testing")
+                      "docs/testing", "docs/measurements.md")
 
 
 def run(argv, env=None, cwd=None):

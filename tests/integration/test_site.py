@@ -1,6 +1,6 @@
 """playbooks/site.yml's layering, without nodes: the summary play that ends `make lab`, and the
 site playbook's syntax against the lab inventory. The full lab run (podman nodes) is `make lab`
-(docs/testing.md records its time); here every host is ``ansible_connection: local``."""
+(docs/measurements.md records its time); here every host is ``ansible_connection: local``."""
 
 import json
 import os
