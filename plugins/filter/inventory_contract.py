@@ -108,6 +108,15 @@ def inventory_storage_problems(arrays, volume_groups, logical_volumes, force_wip
     return contract.check_storage(host, arrays, volume_groups, logical_volumes, force_wipe_devices)
 
 
+def inventory_cluster_role_problems(version, pod_cidr, service_cidr, control_planes, node_count, node_ips, ha=None, vip=None):
+    return contract.check_cluster_role_options(version, pod_cidr, service_cidr, list(control_planes or []), int(node_count),
+                                               dict(node_ips or {}), ha=ha, vip=vip)
+
+
+def inventory_node_role_problems(node_ip, host):
+    return contract.check_node_role_options(host, node_ip)
+
+
 class FilterModule(object):
     def filters(self):
         return {
@@ -117,4 +126,6 @@ class FilterModule(object):
             "inventory_problem_lines": inventory_problem_lines,
             "inventory_network_problems": inventory_network_problems,
             "inventory_storage_problems": inventory_storage_problems,
+            "inventory_cluster_role_problems": inventory_cluster_role_problems,
+            "inventory_node_role_problems": inventory_node_role_problems,
         }

@@ -1035,6 +1035,48 @@ def cluster_hosts(groups, play_hosts=None):
     return out
 
 
+def _node_ip_hostvars(node_ips):
+    """host -> {gpuops_kubernetes_node_ip} from host -> address, and the problems of those addresses."""
+    hostvars = dict((h, {"gpuops_kubernetes_node_ip": ip} if ip not in (None, "") else {}) for h, ip in (node_ips or {}).items())
+    p = [problem(h, "gpuops_kubernetes_node_ip", "the host has no node address. Fix: set gpuops_kubernetes_node_ip or "
+                                                 "gpuops_node_addresses.cluster.address for %s." % h)
+         for h in hostvars if not hostvars[h]]
+    return hostvars, p + check_node_ips(hostvars, list(hostvars))
+
+
+def check_node_role_options(host, node_ip):
+    """kubeadm_node's view of the contract: the address this node's kubelet registers."""
+    return _node_ip_hostvars({host: node_ip})[1]
+
+
+def check_cluster_role_options(version, pod_cidr, service_cidr, control_planes, node_count, node_ips, ha=None, vip=None,
+                               options=None):
+    """The cluster roles' own view of the contract's cluster rules (kubeadm_control_plane, kubeadm_node).
+
+    The roles take these values from the inventory by default but can be given them directly; they
+    ask the same rules preflight runs instead of keeping copies. ``node_ips`` maps host -> the address
+    its kubelet registers; ``ha`` None means "as many control planes as given must keep etcd quorum"."""
+    cluster = {"gpuops_kubernetes_version": version, "gpuops_pod_cidr": pod_cidr, "gpuops_service_cidr": service_cidr}
+    if vip not in (None, ""):
+        cluster["gpuops_api_vip"] = vip
+    p = []
+    if version not in (None, ""):
+        p.extend(check_versions(cluster, options))
+    else:
+        p.append(problem(ALL_HOSTS, "gpuops_kubernetes_version", "gpuops_kubernetes_version is not set. Fix: set it in "
+                                                                 "group_vars/all to X.Y.Z, e.g. 1.36.3."))
+    p.extend(check_pod_service(cluster, node_count, options))
+    hostvars, node_problems = _node_ip_hostvars(node_ips)
+    p.extend(node_problems)
+    cps = list(control_planes or [])
+    quorum_ha = ha if isinstance(ha, bool) else len(cps) > 1
+    p.extend(q for q in check_groups({"kube_control_plane": cps, "kube_node": ["-"]}, [], {"gpuops_control_plane_ha": quorum_ha})
+             if q["variable"] in ("kube_control_plane", "gpuops_control_plane_ha"))
+    if "gpuops_api_vip" in cluster:
+        p.extend(check_api_vip(cluster, hostvars, list(hostvars), {"kube_control_plane": cps}))
+    return p
+
+
 def check_inventory(hostvars, groups, hosts=None, options=None, unreadable=None):
     """Every rule of the contract over the whole cluster; returns the list of problems."""
     o = _opts(options)

@@ -471,3 +471,48 @@ def test_network_timers_from_role_defaults_and_inventory():
     got = c.check_network_role_inventory("gpu01", one["gpuops_networks"], one["gpuops_node_interfaces"], one["gpuops_node_addresses"],
                                          {"network_rollback_seconds": 20, "network_reconnect_timeout": 5})
     assert {p["variable"] for p in got} == {"network_rollback_seconds", "network_reconnect_timeout"}
+
+
+# --------------------------------------------------------------- the cluster roles' own view of the rules
+
+CP_IPS = {"cp01": "10.10.0.11", "cp02": "10.10.0.12", "cp03": "10.10.0.13"}
+
+
+def role_problems(**change):
+    args = dict(version="1.36.3", pod_cidr="10.244.0.0/16", service_cidr="10.96.0.0/12", control_planes=list(CP_IPS),
+                node_count=6, node_ips=dict(CP_IPS), ha=True, vip="10.10.0.10")
+    args.update(change)
+    return c.check_cluster_role_options(args.pop("version"), args.pop("pod_cidr"), args.pop("service_cidr"),
+                                        args.pop("control_planes"), args.pop("node_count"), args.pop("node_ips"), **args)
+
+
+def test_the_cluster_roles_accept_what_the_contract_accepts_including_ipv6():
+    assert role_problems() == []
+    v6 = dict((h, "fd00:10::%d" % i) for i, h in enumerate(CP_IPS, 11))
+    assert role_problems(pod_cidr="fd00:10:244::/56", service_cidr="fd00:96::/108", node_ips=v6, vip="fd00:10::10") == []
+
+
+@pytest.mark.parametrize("change, host, variable, text", [
+    ({"version": "1.36"}, None, "gpuops_kubernetes_version", "X.Y.Z"),
+    ({"version": ""}, None, "gpuops_kubernetes_version", "not set"),
+    ({"service_cidr": "fd00:96::/108"}, None, "gpuops_service_cidr", "one IP family"),
+    ({"service_cidr": "10.96.0.0/29"}, None, "gpuops_service_cidr", "too small"),
+    ({"pod_cidr": "10.244.0.1/16"}, None, "gpuops_pod_cidr", "host bits"),
+    ({"node_ips": dict(CP_IPS, cp02="")}, "cp02", "gpuops_kubernetes_node_ip", "no node address"),
+    ({"node_ips": dict(CP_IPS, cp02="10.10.0.11")}, "cp02", "gpuops_kubernetes_node_ip", "also the node IP of cp01"),
+    ({"control_planes": ["cp01", "cp02"]}, None, "gpuops_control_plane_ha", "odd number"),
+    ({"control_planes": ["cp01", "cp02"], "ha": None}, None, "gpuops_control_plane_ha", "odd number"),
+    ({"vip": "10.10.0.12"}, None, "gpuops_api_vip", "nobody's own address"),
+    ({"vip": "10.10.0.300"}, None, "gpuops_api_vip", "not an IP address"),
+])
+def test_the_cluster_roles_refuse_what_the_contract_refuses(change, host, variable, text):
+    found = [p for p in role_problems(**change) if p["variable"] == variable and p["host"] == host]
+    assert found and text in found[0]["message"], role_problems(**change)
+
+
+def test_the_node_role_checks_its_node_address_with_the_contract():
+    assert c.check_node_role_options("gpu01", "10.10.0.21") == []
+    assert c.check_node_role_options("gpu01", "fd00:10::21") == []
+    bad = c.check_node_role_options("gpu01", "10.10.0.21/24")
+    assert bad and bad[0]["host"] == "gpu01" and bad[0]["variable"] == "gpuops_kubernetes_node_ip"
+    assert "no node address" in c.check_node_role_options("gpu01", "")[0]["message"]
