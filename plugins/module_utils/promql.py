@@ -15,6 +15,7 @@ __metaclass__ = type
 import json
 import math
 import re
+import socket
 import ssl
 import threading
 
@@ -234,9 +235,15 @@ class PrometheusClient:
             except (OSError, IOError) as exc:
                 raise PrometheusUnreachable("prometheus at %s unreachable: %s" % (self.url, exc))
             progress["connected"] = True
-            conn.request("GET", "%s?%s" % (parts.path, parts.query), headers=headers)
-            resp = conn.getresponse()
-            return resp.status, resp.read()
+            try:
+                conn.request("GET", "%s?%s" % (parts.path, parts.query), headers=headers)
+                resp = conn.getresponse()
+                return resp.status, resp.read()
+            except socket.timeout:
+                # the socket's own timeout can fire a moment before the caller's deadline: the same
+                # "connected, no complete answer in time", never a broken answer
+                raise PrometheusSlow("prometheus at %s is slow: connected, but no complete answer within %ss"
+                                     % (self.url, timeout))
         finally:
             conn.close()
 
