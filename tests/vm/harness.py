@@ -124,7 +124,7 @@ class VM(Component):
         proc = self.spawn("qemu", argv)
         self.info.update({"ssh_port": self.ssh_port, "host": "127.0.0.1", "key": str(self.key),
                           "accel": self.accel, "console": str(self.workdir / "console.log")})
-        wait_for(lambda: self.ssh("true", timeout=20).returncode == 0, self.boot_timeout,
+        wait_for(lambda: self.ssh("true", timeout=20, tries=1).returncode == 0, self.boot_timeout,
                  f"ssh on the VM (127.0.0.1:{self.ssh_port}); console: {self.workdir / 'console.log'}",
                  interval=2, procs=[proc])
         self.info["boot_seconds"] = round(time.monotonic() - t1, 1)
@@ -147,10 +147,19 @@ class VM(Component):
                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
                 "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
 
-    def ssh(self, command: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
-        with private_stdin() as stdin:  # ssh leaves its stdin non-blocking when killed
-            res = subprocess.run(["ssh"] + self.ssh_args() + ["root@127.0.0.1", command],
-                                 stdin=stdin, capture_output=True, text=True, timeout=timeout)
+    # ssh's own failures before the session starts (the command never ran), seen when a TCG guest
+    # under load answers its first connections after boot slowly: safe to try again
+    NOT_CONNECTED = ("during banner exchange", "kex_exchange_identification", "Connection refused",
+                     "Connection timed out")
+
+    def ssh(self, command: str, timeout: float = 120, check: bool = False, tries: int = 3) -> subprocess.CompletedProcess:
+        for attempt in range(1, tries + 1):
+            with private_stdin() as stdin:  # ssh leaves its stdin non-blocking when killed
+                res = subprocess.run(["ssh"] + self.ssh_args() + ["root@127.0.0.1", command],
+                                     stdin=stdin, capture_output=True, text=True, timeout=timeout)
+            if res.returncode != 255 or not any(m in res.stderr for m in self.NOT_CONNECTED) or attempt == tries:
+                break
+            time.sleep(3)
         if check and res.returncode != 0:
             raise AssertionError(f"ssh {command!r} rc={res.returncode}\n{res.stdout}\n{res.stderr}")
         return res
