@@ -1,22 +1,14 @@
 """Unit tests of plugins/filter/network_model.py, the pure network model of roles/network."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from plugins.filter import network_model as nm
+
 ROLES = Path(__file__).resolve().parents[4] / "roles"
 
-
-def load(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-nm = load(ROLES.parent / "plugins" / "filter" / "network_model.py")
 
 NETS = {"management": {"cidr": "192.168.10.0/24", "mtu": 1500, "gateway": "192.168.10.1"},
         "cluster": {"cidr": "10.10.0.0/24", "vlan": 100, "mtu": 9000},

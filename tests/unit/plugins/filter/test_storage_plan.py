@@ -1,21 +1,9 @@
 """Unit tests of plugins/filter/storage_plan.py, the pure planning core of roles/storage."""
 
-import importlib.util
 import json
-from pathlib import Path
 
+from plugins.filter import storage_plan as sp
 
-ROLES = Path(__file__).resolve().parents[4] / "roles"
-
-
-def load(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-sp = load(ROLES.parent / "plugins" / "filter" / "storage_plan.py")
 
 G = 1 << 30
 LSBLK = {"blockdevices": [
@@ -264,4 +252,3 @@ def test_guard_lvs_only_clears_new_or_blank_logical_volumes():
     assert res["errors"] == [] and [l["name"] for l in res["mkfs"]] == ["new", "blank"]
     assert res["plan"] == ["create xfs filesystem on /dev/vg/new (new logical volume)",
                            "create xfs filesystem on /dev/vg/blank (existing logical volume, clean per probe)"]
-
