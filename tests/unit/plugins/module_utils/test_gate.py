@@ -167,17 +167,6 @@ def test_client_maps_http_errors_and_unreachable():
         promql.PrometheusClient("http://127.0.0.1:9", opener=refuse).query("up")
 
 
-def test_client_really_unreachable_port():
-    # a real TCP connection attempt to a closed loopback port
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    with pytest.raises(promql.PrometheusError, match="unreachable"):
-        promql.PrometheusClient("http://127.0.0.1:%d" % port, timeout=2).query("up")
-
-
 def test_shared_prometheus_options_reach_the_client():
     """The options of the gpuops.cluster.prometheus doc fragment end up on the wire (headers) and in
     the client (timeout, TLS); a module without prometheus_url gets no client."""

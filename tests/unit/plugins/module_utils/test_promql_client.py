@@ -10,6 +10,7 @@ import time
 import pytest
 
 from ansible_collections.gpuops.cluster.plugins.module_utils import promql
+from tests.testbed.common import free_port
 
 ANSWER = json.dumps({"status": "success", "data": {"resultType": "vector",
                                                    "result": [{"metric": {}, "value": [1, "42"]}]}}).encode()
@@ -106,10 +107,7 @@ def test_a_silent_server_is_slow_not_unreachable(serve):
 
 
 def test_a_closed_port_is_unreachable_not_slow():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()  # bound and closed again: nobody listens there
     with pytest.raises(promql.PrometheusUnreachable, match="unreachable"):
         promql.PrometheusClient("http://127.0.0.1:%d" % port, timeout=2).query("up")
 

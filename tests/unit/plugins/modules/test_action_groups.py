@@ -8,13 +8,13 @@ pass) on the defaulted connection itself. No server: the connections point at a 
 closed loopback ports.
 """
 
-import socket
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.integration import canary_support as cs
+from tests.testbed.common import free_port as closed_port  # a port nobody listens on
 
 REPO = Path(__file__).resolve().parents[4]
 # group -> the doc fragment holding the connection options it is for (None: a one-module group)
@@ -53,14 +53,6 @@ def test_no_module_outside_a_group_takes_its_connection_options():
         for group, fragment in GROUP_FRAGMENT.items():
             if fragment in fragments:
                 assert path.stem in found[group], (path.stem, group)
-
-
-def closed_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture(scope="module")

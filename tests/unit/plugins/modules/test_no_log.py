@@ -7,19 +7,11 @@ Also: the shared specs refuse a misspelt key in a check or a webhook instead of 
 
 import json
 import secrets
-import socket
 
 import pytest
 
 from tests.integration import canary_support as cs
-
-
-def closed_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from tests.testbed.common import free_port as closed_port  # a port nobody listens on
 
 
 @pytest.fixture(scope="module")
