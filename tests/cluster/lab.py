@@ -1,0 +1,88 @@
+"""Shared helpers of the cluster tier: the lab's names and addresses, kubectl/podman/site.yml runners.
+
+Imported by tests/cluster/conftest.py (the session's ``lab`` fixture) and every tests/cluster module."""
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from tests.testbed.common import private_stdin
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("GPUOPS_CACHE", str(Path.home() / ".cache" / "gpuops")))
+KUBECONFIG = CACHE / "lab" / "admin.conf"
+LOGS = CACHE / "lab" / "logs"
+KUBECTL = str(Path(os.environ.get("GPUOPS_BIN", str(CACHE / "bin"))) / "kubectl")
+VIP = "10.250.0.10"
+CONTROL = ["lab-cp1", "lab-cp2", "lab-cp3"]
+GPU = ["lab-gpu1", "lab-gpu2"]
+CPU = ["lab-cpu1"]
+NODES = CONTROL + GPU + CPU
+IPS = {"lab-cp1": "10.250.0.11", "lab-cp2": "10.250.0.12", "lab-cp3": "10.250.0.13",
+       "lab-gpu1": "10.250.0.21", "lab-gpu2": "10.250.0.22", "lab-cpu1": "10.250.0.31"}
+ZONES = {"lab-cp1": "zone-a", "lab-cp2": "zone-b", "lab-cp3": "zone-c",
+         "lab-gpu1": "zone-a", "lab-gpu2": "zone-b", "lab-cpu1": "zone-c"}
+BUSYBOX = "docker.io/library/busybox:1.35.0"
+# Host-global kernel settings a privileged node's kubelet or kube-proxy would write (docs/lab.md).
+HOST_SYSCTLS = ["vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+                "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes", "net/netfilter/nf_conntrack_max"]
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+def host_sysctls():
+    return {k: Path("/proc/sys", k).read_text().strip() for k in HOST_SYSCTLS if Path("/proc/sys", k).exists()}
+
+
+def run(argv, timeout=600, check=True, env=None, input_text=None):
+    kw = {"input": input_text} if input_text is not None else {}
+    if input_text is None:
+        with private_stdin() as stdin:
+            proc = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, timeout=timeout,
+                                  cwd=str(REPO), env=env, check=False)
+    else:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=str(REPO), env=env,
+                              check=False, **kw)
+    if check:
+        assert proc.returncode == 0, "%s -> rc %d\n%s\n%s" % (" ".join(argv), proc.returncode,
+                                                               proc.stdout[-4000:], proc.stderr[-4000:])
+    return proc
+
+
+def kubectl(*args, timeout=120, check=True, input_text=None):
+    return run([KUBECTL, "--kubeconfig", str(KUBECONFIG), *args], timeout=timeout, check=check,
+               input_text=input_text)
+
+
+def node_exec(node, *argv, timeout=60, check=True):
+    return run(["podman", "exec", node, *argv], timeout=timeout, check=check)
+
+
+def site(name, *extra):
+    """Run playbooks/site.yml on the lab; returns (wall seconds, {host: (ok, changed, unreachable, failed)}, stdout)."""
+    env = dict(os.environ, ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks", ANSIBLE_NOCOLOR="1",
+               ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), PROFILE_TASKS_TASK_OUTPUT_LIMIT="30")
+    t0 = time.monotonic()
+    proc = run(["ansible-playbook", "-i", "inventories/lab/hosts.yml", "playbooks/site.yml", *extra],
+               timeout=1800, check=False, env=env)
+    wall = time.monotonic() - t0
+    LOGS.mkdir(parents=True, exist_ok=True)
+    (LOGS / ("site-%s.log" % name)).write_text(proc.stdout + proc.stderr)
+    recap = {m[0]: tuple(int(x) for x in m[1:]) for m in RECAP.findall(proc.stdout)}
+    assert proc.returncode == 0, "site.yml (%s) failed, log %s:\n%s" % (name, LOGS / ("site-%s.log" % name),
+                                                                       proc.stdout[-6000:])
+    return wall, recap, proc.stdout
+
+
+def lab_running():
+    proc = run(["scripts/lab", "status"], check=False, timeout=120)
+    return proc.returncode == 0 and KUBECONFIG.exists()
+
+
+def record(line):
+    """Print a measured figure and append it to $GPUOPS_CACHE/lab/logs/figures.txt (docs/measurements.md)."""
+    print(line)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    with open(LOGS / "figures.txt", "a", encoding="utf-8") as fh:
+        fh.write("%s %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), line))
