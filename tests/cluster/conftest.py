@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.cluster.lab import host_sysctls, lab_running, record, run, site
+from tests.cluster.lab import host_sysctls, lab_exists, lab_running, record, run, site
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,6 +33,10 @@ def lab():
     # the registry's log outlives it (scripts/registry keeps it): only this session's lines count
     info = {"host_sysctls_before": before, "reused": reuse,
             "since": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) if not reuse else ""}
+    if not reuse and lab_exists():
+        # never take down (or silently build over) somebody's lab cluster
+        pytest.fail("a lab already exists (scripts/lab status): the cluster tier brings up its own. Take it "
+                    "down with `scripts/lab down`, or set GPUOPS_LAB_REUSE=1 to run the checks on it.")
     try:
         if not reuse:
             t0 = time.monotonic()

@@ -75,6 +75,12 @@ def site(name, *extra):
     return wall, recap, proc.stdout
 
 
+def lab_exists():
+    """Any container carrying the lab node label (running or not)."""
+    proc = run(["podman", "ps", "-a", "-q", "--filter", "label=io.gpuops.kind=lab-node"], check=False, timeout=60)
+    return bool(proc.stdout.strip())
+
+
 def lab_running():
     proc = run(["scripts/lab", "status"], check=False, timeout=120)
     return proc.returncode == 0 and KUBECONFIG.exists()
