@@ -37,9 +37,26 @@ K8S_STAGING_MODULES=(
   mount-utils pod-security-admission sample-apiserver sample-controller streaming
 )
 ALL_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kubectl kubeadm kubelet kube-proxy)
+BUILD_ROOT="$GPUOPS_CACHE/build/k8s"
+# K8S_RELEASE=prev: the previous minor (pins in scripts/build/k8s-releases.env), built beside the
+# current one and never over it: own binaries ($GPUOPS_CACHE/bin-vX, stamps in it), own wrapper
+# modules and lock ($GPUOPS_CACHE/build/k8s-vX), only the binaries an upgrade needs (no kwok).
+case "${K8S_RELEASE:-current}" in
+  current) ;;
+  prev)
+    # shellcheck source=scripts/build/k8s-releases.env
+    source "$(dirname "$0")/k8s-releases.env"
+    K8S_VERSION="$K8S_PREV_VERSION"
+    K8S_STAGING_VERSION="$K8S_PREV_STAGING_VERSION"
+    ETCD_VERSION="$K8S_PREV_ETCD_VERSION"
+    K8S_STAGING_MODULES=("${K8S_PREV_STAGING_MODULES[@]}")
+    ALL_BINARIES=("${K8S_PREV_BINARIES[@]}")
+    GPUOPS_BIN="$GPUOPS_CACHE/bin-$K8S_VERSION"
+    BUILD_ROOT="$GPUOPS_CACHE/build/k8s-$K8S_VERSION" ;;
+  *) printf 'k8s.sh: ERROR: K8S_RELEASE must be current or prev, not %s\n' "$K8S_RELEASE" >&2; exit 2 ;;
+esac
 
 GO="${GO:-/usr/local/go/bin/go}"
-BUILD_ROOT="$GPUOPS_CACHE/build/k8s"
 STAMPS="$GPUOPS_BIN/.stamps"
 TIMES="$BUILD_ROOT/build-times.tsv"
 mkdir -p "$BUILD_ROOT" "$STAMPS"
@@ -169,6 +186,7 @@ build_binary() {
         "k8s.io/kubernetes/cmd/$name" "$ld" \
         "k8s.io/kubernetes@$K8S_VERSION staging@$K8S_STAGING_VERSION $GO_VERSION" ;;
     kwok)
+      [ "${K8S_RELEASE:-current}" = current ] || die "kwok is built for the current release only"
       # kwok v0.8.0 asks for k8s.io/* v0.36.1; pin it to the same staging release as the cluster.
       # It also asks for slightly newer golang.org/x/*, grpc, otel... than kubernetes v1.36.3 does,
       # which would recompile the whole k8s.io client stack (~25 min on 2 busy cores). First try
