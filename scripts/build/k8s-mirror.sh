@@ -9,6 +9,9 @@
 #   mirror/core:/stable:/vX.Y/deb/amd64/{kubeadm,kubelet,kubectl}_X.Y.Z-1.1_amd64.deb
 #                                    (pkgs.k8s.io apt layout: flat repo, suite "/", signed by a local
 #                                     test key made here; .debs packed from the Go-built binaries)
+#   mirror/etcd/vA.B.C/etcd-vA.B.C-linux-amd64.tar.gz{,.sha256sum}              (etcd release layout:
+#                                    etcd-vA.B.C-linux-amd64/{etcd,etcdctl,etcdutl}; the etcd backup and
+#                                    restore roles install etcdctl/etcdutl from it)
 #   mirror/SHA256SUMS                                                           (all of the above)
 #
 # kubeadm/kubelet/kubectl are the Go-built binaries of scripts/build/k8s.sh ($GPUOPS_BIN), which is
@@ -21,6 +24,7 @@
 #   bash scripts/build/k8s-mirror.sh                 everything
 #   bash scripts/build/k8s-mirror.sh containerd      only the containerd tarball
 #   bash scripts/build/k8s-mirror.sh kubernetes      only the kubernetes binaries
+#   bash scripts/build/k8s-mirror.sh etcd            only the etcd release tarball (k8s.sh etcd etcdctl etcdutl)
 #   bash scripts/build/k8s-mirror.sh apt             only the signed apt repository (needs kubernetes)
 #   GPUOPS_K8S_BIN_DIR=DIR bash scripts/build/k8s-mirror.sh kubernetes   use binaries already in DIR
 #   bash scripts/build/k8s-mirror.sh serve DIR [LIFETIME]   serve $GPUOPS_CACHE/mirror over HTTP on
@@ -33,6 +37,7 @@ source "$(dirname "$0")/../env.sh"
 
 CONTAINERD_VERSION="${GPUOPS_CONTAINERD_VERSION:-v2.3.7}"
 K8S_VERSION="${GPUOPS_K8S_VERSION:-v1.36.3}"
+ETCD_VERSION="v3.6.8"                     # = scripts/build/k8s.sh ETCD_VERSION (kubeadm v1.36.3's etcd)
 ARCH=amd64
 GO="${GO:-/usr/local/go/bin/go}"
 MIRROR="$GPUOPS_CACHE/mirror"
@@ -88,6 +93,26 @@ containerd_tarball() {
   printf '%s\tcontainerd-%s.tar.gz\t%ss\t%s bytes\n' "$(date -u +%FT%TZ)" "$CONTAINERD_VERSION" \
     "$((t1 - t0))" "$(stat -c %s "$tgz")" >> "$TIMES"
   log "containerd tarball: $tgz ($(( $(stat -c %s "$tgz") / 1024 / 1024 )) MiB, $((t1 - t0))s)"
+}
+
+# The etcd release tarball (upstream name and layout) from k8s.sh's Go-built etcd, etcdctl, etcdutl.
+etcd_tarball() {
+  local dir="$MIRROR/etcd/$ETCD_VERSION" base="etcd-$ETCD_VERSION-linux-$ARCH" tgz stamp b
+  tgz="$dir/$base.tar.gz"
+  bash "$GPUOPS_REPO/scripts/build/k8s.sh" etcd etcdctl etcdutl
+  stamp="$(for b in etcd etcdctl etcdutl; do sha256sum "$GPUOPS_BIN/$b" | cut -d' ' -f1; done | tr '\n' ' ')"
+  if [ -f "$tgz" ] && [ -f "$tgz.sha256sum" ] && [ "$(cat "$tgz.stamp" 2>/dev/null)" = "$stamp" ]; then
+    log "etcd $ETCD_VERSION tarball up to date"
+    return 0
+  fi
+  rm -rf "$BUILD/$base" && mkdir -p "$BUILD/$base" "$dir"
+  for b in etcd etcdctl etcdutl; do install -m 0755 "$GPUOPS_BIN/$b" "$BUILD/$base/$b"; done
+  tar -C "$BUILD" --owner=0 --group=0 --mtime='2026-01-01 00:00:00' -czf "$tgz.tmp" "$base"
+  mv -f "$tgz.tmp" "$tgz"
+  (cd "$dir" && sha256sum "$(basename "$tgz")" > "$(basename "$tgz").sha256sum")
+  printf '%s' "$stamp" > "$tgz.stamp"
+  rm -rf "${BUILD:?}/$base"
+  log "etcd tarball: $tgz ($(( $(stat -c %s "$tgz") / 1024 / 1024 )) MiB)"
 }
 
 kubernetes_binaries() {
@@ -273,13 +298,14 @@ if ! flock -n 9; then
 fi
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(containerd kubernetes apt)
+[ ${#parts[@]} -eq 0 ] && parts=(containerd kubernetes apt etcd)
 for p in "${parts[@]}"; do
   case "$p" in
     containerd) containerd_tarball ;;
     kubernetes) kubernetes_binaries ;;
     apt) apt_repo ;;
-    *) die "unknown part '$p' (known: containerd kubernetes apt)" ;;
+    etcd) etcd_tarball ;;
+    *) die "unknown part '$p' (known: containerd kubernetes apt etcd)" ;;
   esac
 done
 sums

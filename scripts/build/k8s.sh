@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Build the Kubernetes API test bed binaries from source with the Go toolchain, into $GPUOPS_BIN:
 #   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, kubectl, kubeadm, kubelet,
-#   kube-proxy
+#   kube-proxy, etcdctl, etcdutl
 # (kube-scheduler binds the test bed's Pods to the fake kwok GPU nodes, honouring nodeSelector and
 # nvidia.com/gpu requests). kwok's upstream default Stage manifests (node-initialize, heartbeat with
 # lease, pod ready/complete/delete) are copied unchanged to $GPUOPS_CACHE/share/kwok/VERSION/stages.
 # (kubeadm/kubelet only feed the kubernetes_packages role's air-gapped mirror tests; built last;
-# kube-proxy only feeds the air-gap bundle's image, scripts/build/cluster-images.sh).
+# kube-proxy only feeds the air-gap bundle's image, scripts/build/cluster-images.sh; etcdctl/etcdutl
+# only feed the mirror's etcd release tarball, scripts/build/k8s-mirror.sh, for the etcd backup and
+# restore roles).
 #
 # Idempotent: each binary has a stamp file ($GPUOPS_BIN/.stamps/NAME) holding what it was built from;
 # a binary is rebuilt only when it is missing or its stamp differs. A warm run is a fast no-op.
@@ -36,7 +38,8 @@ K8S_STAGING_MODULES=(
   kms kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics
   mount-utils pod-security-admission sample-apiserver sample-controller streaming
 )
-ALL_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kubectl kubeadm kubelet kube-proxy)
+ALL_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kubectl kubeadm kubelet kube-proxy
+              etcdctl etcdutl)
 BUILD_ROOT="$GPUOPS_CACHE/build/k8s"
 # K8S_RELEASE=prev: the previous minor (pins in scripts/build/k8s-releases.env), built beside the
 # current one and never over it: own binaries ($GPUOPS_CACHE/bin-vX, stamps in it), own wrapper
@@ -180,6 +183,12 @@ build_binary() {
       build_one etcd "$BUILD_ROOT/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" \
         go.etcd.io/etcd/server/v3 "-s -w" \
         "go.etcd.io/etcd/server/v3@$ETCD_VERSION $GO_VERSION" ;;
+    etcdctl|etcdutl)
+      # the etcd release's two client tools (one module each), at the server's pinned version
+      wrapper_module "$BUILD_ROOT/$name" "go.etcd.io/etcd/$name/v3" "$ETCD_VERSION"
+      build_one "$name" "$BUILD_ROOT/$name" "go.etcd.io/etcd/$name/v3" "$ETCD_VERSION" \
+        "go.etcd.io/etcd/$name/v3" "-s -w" \
+        "go.etcd.io/etcd/$name/v3@$ETCD_VERSION $GO_VERSION" ;;
     kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubeadm|kubelet|kube-proxy)
       wrapper_module "$BUILD_ROOT/kubernetes" k8s.io/kubernetes "$K8S_VERSION" k8s
       build_one "$name" "$BUILD_ROOT/kubernetes" k8s.io/kubernetes "$K8S_VERSION" \
