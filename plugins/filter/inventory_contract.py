@@ -12,6 +12,10 @@
     ``[host] message`` lines (``[all hosts]`` for cluster-wide problems).
 ``gpuops_networks | inventory_network_problems(interfaces, addresses, host, options)``
     roles/network's inventory rules for one node (the same functions preflight runs).
+``target | inventory_upgrade_problems(cluster_version, inventory_current, node_versions)``
+    playbooks/upgrade.yml's rule (no downgrade, no skipped minor, kubelets within one minor).
+``versions | upgrade_pending(target)``
+    The names ({name: version}) not at the target version yet, sorted.
 ``storage_arrays | inventory_storage_problems(volume_groups, logical_volumes, force_wipe_devices, host)``
     roles/storage's inventory rules for one node.
 """
@@ -113,6 +117,14 @@ def inventory_cluster_role_problems(version, pod_cidr, service_cidr, control_pla
                                                dict(node_ips or {}), ha=ha, vip=vip)
 
 
+def inventory_upgrade_problems(target, cluster_version, inventory_current=None, node_versions=None):
+    return contract.check_upgrade(target, cluster_version, inventory_current, dict(node_versions or {}))
+
+
+def upgrade_pending(versions, target):
+    return contract.upgrade_pending(target, dict(versions or {}))
+
+
 def inventory_node_role_problems(node_ip, host):
     return contract.check_node_role_options(host, node_ip)
 
@@ -128,4 +140,6 @@ class FilterModule(object):
             "inventory_storage_problems": inventory_storage_problems,
             "inventory_cluster_role_problems": inventory_cluster_role_problems,
             "inventory_node_role_problems": inventory_node_role_problems,
+            "inventory_upgrade_problems": inventory_upgrade_problems,
+            "upgrade_pending": upgrade_pending,
         }

@@ -372,6 +372,89 @@ def check_versions(cluster, options=None):
     return p
 
 
+def parse_version(value):
+    """[major, minor, patch] of "X.Y.Z" or "vX.Y.Z" (a version read from the cluster), or None."""
+    if not isinstance(value, str):
+        return None
+    m = re.match(r"^v?([0-9]+)[.]([0-9]+)[.]([0-9]+)$", value.strip())
+    return [int(x) for x in m.groups()] if m else None
+
+
+def check_upgrade(target, cluster_version, inventory_current=None, node_versions=None):
+    """playbooks/upgrade.yml's rule: the step from the running cluster to ``target``.
+
+    ``target``             gpuops_kubernetes_version (inventory, "X.Y.Z")
+    ``cluster_version``    the version the cluster runs: kubeadm-config's kubernetesVersion (facts,
+                           "vX.Y.Z"), or gpuops_kubernetes_current_version when checking the
+                           inventory alone before any host is reached
+    ``inventory_current``  gpuops_kubernetes_current_version when checking against facts (it must
+                           name the running version; on a resumed upgrade, whose cluster version is
+                           already the target, it may still name the version before it)
+    ``node_versions``      {node: kubelet version} from the Node objects (facts)
+
+    An upgrade is never a downgrade (whatever preflight_allow_downgrade says: kubeadm cannot
+    downgrade), never skips a minor, never changes the major. Target == cluster version is allowed:
+    it is a resumed upgrade (the nodes not at the target yet are upgraded, the others skipped)."""
+    p = []
+    name = "gpuops_kubernetes_version"
+    t = parse_version(target) if isinstance(target, str) and _VERSION.match(target) else None
+    if t is None:
+        p.append(problem(ALL_HOSTS, name, '%s %s is not a quoted X.Y.Z version. Fix: set the release to upgrade to, '
+                                          'e.g. "1.36.3".' % (name, _j(target))))
+        return p
+    cur = parse_version(cluster_version)
+    if cur is None:
+        p.append(problem(ALL_HOSTS, "gpuops_kubernetes_current_version", (
+            "the running Kubernetes version is not known (%s). Fix: check that the cluster answers and its kube-system/"
+            "kubeadm-config ConfigMap has a kubernetesVersion, or set gpuops_kubernetes_current_version to the running "
+            "X.Y.Z.") % _j(cluster_version)))
+        return p
+    running = "%d.%d.%d" % tuple(cur)
+    if cur[0] != t[0]:
+        p.append(problem(ALL_HOSTS, name, "gpuops_kubernetes_version %s changes the major version of the running %s. "
+                                          "Fix: major-version upgrades are not supported; stay on %d.x." % (_j(target), running, cur[0])))
+    elif t < cur:
+        p.append(problem(ALL_HOSTS, name, (
+            "gpuops_kubernetes_version %s is a downgrade from the running %s; upgrade.yml never downgrades (kubeadm "
+            "cannot). Fix: set gpuops_kubernetes_version to %s or newer.") % (_j(target), running, _j(running))))
+    elif t[1] > cur[1] + 1:
+        p.append(problem(ALL_HOSTS, name, (
+            "gpuops_kubernetes_version %s skips a minor from the running %s (kubeadm upgrades one minor at a time). "
+            "Fix: upgrade to %d.%d.x first, then to %d.%d.") % (_j(target), running, cur[0], cur[1] + 1, t[0], t[1])))
+    if p:
+        return p
+    inv = parse_version(inventory_current) if inventory_current not in (None, "") else None
+    # On a resumed upgrade (the cluster already at the target) the inventory may still name the step before.
+    resumed = cur == t and inv is not None and inv <= t and inv[0] == t[0] and inv[1] >= t[1] - 1
+    if inventory_current not in (None, "") and inv != cur and not resumed:
+        p.append(problem(ALL_HOSTS, "gpuops_kubernetes_current_version", (
+            "gpuops_kubernetes_current_version %s is not the running %s (the cluster's kubeadm-config). Fix: set it to %s.")
+            % (_j(inventory_current), running, _j(running))))
+    for node in sorted(node_versions or {}):
+        v = (node_versions or {})[node]
+        nv = parse_version(v)
+        if nv is None:
+            p.append(problem(node, "kubeletVersion", "the node reports kubelet version %s, not vX.Y.Z. Fix: check the "
+                                                     "node's kubelet (kubectl get node %s -o wide)." % (_j(v), node)))
+        elif nv > t:
+            p.append(problem(node, "kubeletVersion", (
+                "the node's kubelet %s is newer than the target %s (a kubelet may never be newer than the API server). "
+                "Fix: set gpuops_kubernetes_version to %d.%d.%d or newer, or reinstall this node at %s.")
+                % (v, target, nv[0], nv[1], nv[2], target)))
+        elif nv[0] != t[0] or nv[1] < t[1] - 1:
+            p.append(problem(node, "kubeletVersion", (
+                "the node's kubelet %s is more than one minor behind the target %s; upgrade.yml moves a kubelet one "
+                "minor at a time. Fix: upgrade this node's kubelet to %d.%d.x first (kubernetes_packages), then re-run.")
+                % (v, target, t[0], t[1] - 1)))
+    return p
+
+
+def upgrade_pending(target, versions):
+    """The names in ``versions`` ({name: version}) not at ``target`` yet, sorted (a re-run skips the others)."""
+    want = parse_version(target)
+    return sorted(n for n, v in (versions or {}).items() if want is None or parse_version(v) != want)
+
+
 def check_groups(groups, hosts, cluster):
     """Group structure and kubeadm's control-plane count."""
     p = []
