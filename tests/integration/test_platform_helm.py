@@ -164,6 +164,8 @@ def platform(k8s, tmp_path_factory):
         "istio_ingress_tls_cert": pki["ingress_cert"], "istio_ingress_tls_key": pki["ingress_key"],
         "istio_ingress_hosts": ["models.gpuops.test"],
         "gpu_operator_allocatable_timeout": 120, "gpu_operator_allocatable_delay": 2,
+        # tests/integration/test_monitoring.py runs the monitoring role on its own test bed
+        "gpuops_skip_layers": {"monitoring": "proven by tests/integration/test_monitoring.py"},
     }
     runs = {}
     runs["first"] = run(PLATFORM, work / "first", inv, xvars)
