@@ -366,6 +366,7 @@ build_bundle() {
   fi
   ln -sfn "$(realpath --relative-to="$BUNDLE/bin" "$MIRROR/release")" "$BUNDLE/bin/release"
   ln -sfn "$(realpath --relative-to="$BUNDLE/bin" "$MIRROR/containerd")" "$BUNDLE/bin/containerd"
+  [ ! -d "$MIRROR/openbao" ] || ln -sfn "$(realpath --relative-to="$BUNDLE/bin" "$MIRROR/openbao")" "$BUNDLE/bin/openbao"
   ln -sfn "$(realpath --relative-to="$BUNDLE/apt" "$MIRROR/core:")" "$BUNDLE/apt/core:"
   # charts by reference: a link to the charts directory, unless the bundle has its own charts/
   if [ -d "$CHARTS_DIR" ] && { [ -L "$BUNDLE/charts" ] || [ ! -e "$BUNDLE/charts" ]; }; then
@@ -428,6 +429,9 @@ for b in ("kubeadm", "kubelet", "kubectl"):
     binaries.append({"name": b, "version": f"v{k8s}", "path": str(p.relative_to(bundle)), "sha256": cached_sha256(p)})
 for p in sorted((mirror / "containerd").glob("v*/containerd-*-linux-amd64.tar.gz")):
     binaries.append({"name": "containerd", "version": p.parent.name, "path": str(p.relative_to(bundle)),
+                     "sha256": cached_sha256(p)})
+for p in sorted((mirror / "openbao").glob("*/linux/amd64/bao")):   # roles/vault (vault_version)
+    binaries.append({"name": "openbao", "version": p.parents[2].name, "path": str(p.relative_to(bundle)),
                      "sha256": cached_sha256(p)})
 cni = versions["container_images_cni_plugins_version"]
 p = mirror / "cni" / cni / f"cni-plugins-linux-amd64-{cni}.tgz"

@@ -12,6 +12,9 @@
 #   mirror/etcd/vA.B.C/etcd-vA.B.C-linux-amd64.tar.gz{,.sha256sum}              (etcd release layout:
 #                                    etcd-vA.B.C-linux-amd64/{etcd,etcdctl,etcdutl}; the etcd backup and
 #                                    restore roles install etcdctl/etcdutl from it)
+#   mirror/openbao/A.B.C/linux/amd64/bao{,.sha256}                              (the OpenBao server of
+#                                    scripts/build/openbao.sh; version pinned once: vault_version in
+#                                    roles/vault/defaults/main.yml; .sha256 is the bare hex digest)
 #   mirror/SHA256SUMS                                                           (all of the above)
 #
 # kubeadm/kubelet/kubectl are the Go-built binaries of scripts/build/k8s.sh ($GPUOPS_BIN), which is
@@ -26,6 +29,7 @@
 #   bash scripts/build/k8s-mirror.sh kubernetes      only the kubernetes binaries
 #   bash scripts/build/k8s-mirror.sh etcd            only the etcd release tarball (k8s.sh etcd etcdctl etcdutl)
 #   bash scripts/build/k8s-mirror.sh apt             only the signed apt repository (needs kubernetes)
+#   bash scripts/build/k8s-mirror.sh openbao         only the OpenBao server binary
 #   GPUOPS_K8S_BIN_DIR=DIR bash scripts/build/k8s-mirror.sh kubernetes   use binaries already in DIR
 #   bash scripts/build/k8s-mirror.sh serve DIR [LIFETIME]   serve $GPUOPS_CACHE/mirror over HTTP on
 #        127.0.0.1 (free port, bounded lifetime, default 1800 s) with the test-bed plumbing; prints the
@@ -240,8 +244,26 @@ PY
   log "apt repository (pkgs.k8s.io layout) in $repo"
 }
 
+# The OpenBao server (roles/vault installs it from here with a sha256 check): the binary
+# scripts/build/openbao.sh built (a no-op when it is current), at the role's pinned version.
+openbao_binary() {
+  local v dir have
+  v="$(sed -n 's/^vault_version: *"\{0,1\}\([0-9.]*\)"\{0,1\}.*/\1/p' "$GPUOPS_REPO/roles/vault/defaults/main.yml")"
+  [ -n "$v" ] || die "no vault_version in roles/vault/defaults/main.yml"
+  bash "$GPUOPS_REPO/scripts/build/openbao.sh"
+  have="$("$GPUOPS_BIN/bao" version 2>/dev/null || true)"
+  case "$have" in *"v$v "*|*"v$v") ;; *) die "$GPUOPS_BIN/bao is not v$v (roles/vault vault_version): '$have'" ;; esac
+  dir="$MIRROR/openbao/$v/linux/$ARCH"
+  mkdir -p "$dir"
+  cmp -s "$GPUOPS_BIN/bao" "$dir/bao" || { cp -f "$GPUOPS_BIN/bao" "$dir/bao.tmp" && mv -f "$dir/bao.tmp" "$dir/bao"; }
+  sha256sum "$dir/bao" | cut -d' ' -f1 > "$dir/bao.sha256.tmp"
+  cmp -s "$dir/bao.sha256.tmp" "$dir/bao.sha256" || mv -f "$dir/bao.sha256.tmp" "$dir/bao.sha256"
+  rm -f "$dir/bao.sha256.tmp"
+  log "openbao $v binary in $dir"
+}
+
 sums() {
-  (cd "$MIRROR" && find . -type f \( -name 'kube*' -o -name '*.tar.gz' \) ! -name '*.sha256*' ! -name '*.stamp' \
+  (cd "$MIRROR" && find . -type f \( -name 'kube*' -o -name '*.tar.gz' -o -name bao \) ! -name '*.sha256*' ! -name '*.stamp' \
      -printf '%P\n' | sort | xargs -r sha256sum > SHA256SUMS.tmp && mv -f SHA256SUMS.tmp SHA256SUMS)
 }
 
