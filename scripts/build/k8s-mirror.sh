@@ -41,6 +41,16 @@ source "$(dirname "$0")/../env.sh"
 
 CONTAINERD_VERSION="${GPUOPS_CONTAINERD_VERSION:-v2.3.7}"
 K8S_VERSION="${GPUOPS_K8S_VERSION:-v1.36.3}"
+# K8S_RELEASE=prev: the previous minor (pins in scripts/build/k8s-releases.env) beside the current
+# one: its own release dir (release/vX) and per-minor apt repository (core:/stable:/vX.Y), from
+# `K8S_RELEASE=prev k8s.sh`'s $GPUOPS_CACHE/bin-vX. Parts: kubernetes, apt (the default).
+PREV_BIN=""
+if [ "${K8S_RELEASE:-current}" = prev ]; then
+  # shellcheck source=scripts/build/k8s-releases.env
+  source "$(dirname "$0")/k8s-releases.env"
+  K8S_VERSION="$K8S_PREV_VERSION"
+  PREV_BIN="$GPUOPS_CACHE/bin-$K8S_VERSION"
+fi
 ETCD_VERSION="v3.6.8"                     # = scripts/build/k8s.sh ETCD_VERSION (kubeadm v1.36.3's etcd)
 ARCH=amd64
 GO="${GO:-/usr/local/go/bin/go}"
@@ -120,9 +130,9 @@ etcd_tarball() {
 }
 
 kubernetes_binaries() {
-  local dir="$MIRROR/release/$K8S_VERSION/bin/linux/$ARCH" b have src="${GPUOPS_K8S_BIN_DIR:-$GPUOPS_BIN}"
+  local dir="$MIRROR/release/$K8S_VERSION/bin/linux/$ARCH" b have src="${GPUOPS_K8S_BIN_DIR:-${PREV_BIN:-$GPUOPS_BIN}}"
   # GPUOPS_K8S_BIN_DIR: take already-built binaries from there instead of running k8s.sh
-  [ -n "${GPUOPS_K8S_BIN_DIR:-}" ] || bash "$GPUOPS_REPO/scripts/build/k8s.sh" kubectl kubeadm kubelet
+  [ -n "${GPUOPS_K8S_BIN_DIR:-}" ] || K8S_RELEASE="${PREV_BIN:+prev}" bash "$GPUOPS_REPO/scripts/build/k8s.sh" kubectl kubeadm kubelet
   mkdir -p "$dir"
   for b in kubeadm kubelet kubectl; do
     [ -x "$src/$b" ] || die "$src/$b missing (scripts/build/k8s.sh builds it)"
@@ -311,6 +321,12 @@ case "${1:-}" in
   stop) shift; stop_server "$@"; exit 0 ;;
 esac
 
+# The previous minor's Go build (long, cold) runs before the lock, so it never holds up a run for
+# the current release; under the lock it is then a no-op.
+if [ -n "$PREV_BIN" ] && [ -z "${GPUOPS_K8S_BIN_DIR:-}" ]; then
+  K8S_RELEASE=prev bash "$GPUOPS_REPO/scripts/build/k8s.sh" kubectl kubeadm kubelet
+fi
+
 # One build at a time (setup and a by-hand run, or `make lab` beside `make test`): a second caller
 # waits, then finds the stamps up to date.
 exec 9>"$BUILD/.lock"
@@ -321,6 +337,12 @@ fi
 
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(containerd kubernetes apt etcd)
+if [ -n "$PREV_BIN" ]; then
+  [ "$*" = "" ] && parts=(kubernetes apt)
+  for p in "${parts[@]}"; do
+    case "$p" in kubernetes|apt) ;; *) die "K8S_RELEASE=prev builds only the parts kubernetes and apt, not '$p'" ;; esac
+  done
+fi
 for p in "${parts[@]}"; do
   case "$p" in
     containerd) containerd_tarball ;;
