@@ -25,6 +25,11 @@
 #
 #   bash scripts/build/cluster-images.sh         everything
 #   bash scripts/build/cluster-images.sh binaries|images|bundle   one step (images needs binaries)
+#   K8S_RELEASE=prev bash scripts/build/cluster-images.sh   the previous minor's control-plane images
+#        (scripts/build/k8s-releases.env: kube-apiserver, -controller-manager, -scheduler, kube-proxy,
+#        and etcd when its tag differs) from $GPUOPS_CACHE/bin-vX into the same bundle/images; the
+#        bundle step lists them in manifest.json under "previous" whenever they are all there
+#        ("images" stays the current release's, as the container_images role and scripts/registry read it)
 set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "$0")/../env.sh"
@@ -46,6 +51,13 @@ NICE=(nice -n "${GPUOPS_BUILD_NICE:-15}")
 GO="${GO:-/usr/local/go/bin/go}"
 ARCH=amd64
 mkdir -p "$BUILD" "$OUT" "$STAMPS" "$BUNDLE/images" "$BUNDLE/bin" "$BUNDLE/apt"
+# shellcheck source=scripts/build/k8s-releases.env
+source "$(dirname "$0")/k8s-releases.env"     # the previous minor's pins (K8S_PREV_*)
+PREV_BIN="$GPUOPS_CACHE/bin-$K8S_PREV_VERSION"
+if [ "${K8S_RELEASE:-current}" = prev ]; then
+  # its Go build (long, cold) before the lock: a run for the current release never waits for it
+  K8S_RELEASE=prev bash "$GPUOPS_REPO/scripts/build/k8s.sh" etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy
+fi
 exec 9>"$BUILD/.lock"
 if ! flock -n 9; then
   printf '==> [cluster-images %s] another cluster-images.sh is running; waiting for it\n' "$(date +%T)"
@@ -61,7 +73,7 @@ die() { printf 'cluster-images.sh: ERROR: %s\n' "$*" >&2; exit 1; }
 
 # ---- pinned versions, from the role defaults ---------------------------------------------------
 # Shell variables V_<key> for every container_images_*_version, and IMAGES lines "name ref".
-V_cni_plugins="" V_registry="" V_kube_router="" V_coredns="" V_pause="" V_busybox=""
+V_cni_plugins="" V_registry="" V_kube_router="" V_coredns="" V_pause="" V_busybox="" V_etcd=""
 load_versions() {
   local out
   out="$("$GPUOPS_VENV/bin/python" - "$VERSIONS_FILE" <<'PY'
@@ -248,8 +260,8 @@ EOF
 }
 
 # podman_image NAME CONTEXT_FILES... : FROM netbase, files copied to the paths in $ctx/Containerfile
-podman_image() {
-  local name="$1" ctx="$BUILD/ctx/$1" ref out stamp base_id local_tag
+podman_image() {   # [CTX]: another context dir (the previous minor's kube-proxy)
+  local name="$1" ctx="${2:-$BUILD/ctx/$1}" ref out stamp base_id local_tag
   ref="$(ref_of "$name")"; out="$(archive_of "$ref")"
   netbase_image
   base_id="$(podman image inspect --format '{{.Id}}' "$NETBASE_IMAGE")"
@@ -357,6 +369,32 @@ EOF
   log "images checked in $(( $(date +%s) - t0 ))s"
 }
 
+# The previous minor's control-plane images (K8S_RELEASE=prev), same layout and tools as above.
+# CoreDNS and pause are not rebuilt for it (k8s-releases.env says why); etcd only when its tag differs.
+build_images_prev() {
+  local b t0 IMAGES GPUOPS_BIN="$PREV_BIN" names=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy)
+  t0=$(date +%s)
+  IMAGES="$(for b in "${names[@]}"; do printf '%s registry.k8s.io/%s:%s\n' "$b" "$b" "$K8S_PREV_VERSION"; done)"
+  if [ "$K8S_PREV_ETCD_IMAGE_TAG" != "$V_etcd" ]; then
+    IMAGES+=$'\n'"etcd registry.k8s.io/etcd:$K8S_PREV_ETCD_IMAGE_TAG"
+  fi
+  for b in kube-apiserver kube-controller-manager kube-scheduler; do
+    check_version "$GPUOPS_BIN/$b" "$K8S_PREV_VERSION" --version
+    scratch_image "$b" "$GPUOPS_BIN/$b" -- --add "$GPUOPS_BIN/$b:/usr/local/bin/$b"
+  done
+  if [ "$K8S_PREV_ETCD_IMAGE_TAG" != "$V_etcd" ]; then
+    check_version "$GPUOPS_BIN/etcd" "${K8S_PREV_ETCD_VERSION#v}" --version
+    scratch_image etcd "$GPUOPS_BIN/etcd" -- --add "$GPUOPS_BIN/etcd:/usr/local/bin/etcd" --dir /var/lib/etcd:700
+  fi
+  check_version "$GPUOPS_BIN/kube-proxy" "$K8S_PREV_VERSION" --version
+  mkdir -p "$BUILD/ctx/kube-proxy-$K8S_PREV_VERSION"
+  install -m 0755 "$GPUOPS_BIN/kube-proxy" "$BUILD/ctx/kube-proxy-$K8S_PREV_VERSION/kube-proxy"
+  cp "$BUILD/ctx/kube-proxy/Containerfile" "$BUILD/ctx/kube-proxy-$K8S_PREV_VERSION/Containerfile" 2>/dev/null \
+    || die "no $BUILD/ctx/kube-proxy/Containerfile: build the current release's images first"
+  podman_image kube-proxy "$BUILD/ctx/kube-proxy-$K8S_PREV_VERSION"
+  log "previous minor's images ($K8S_PREV_VERSION) checked in $(( $(date +%s) - t0 ))s"
+}
+
 # ---- the bundle's links and manifest.json ------------------------------------------------------------
 build_bundle() {
   if [ ! -f "$MIRROR/SHA256SUMS" ]; then
@@ -372,10 +410,11 @@ build_bundle() {
   if [ -d "$CHARTS_DIR" ] && { [ -L "$BUNDLE/charts" ] || [ ! -e "$BUNDLE/charts" ]; }; then
     ln -sfn "$(cd "$CHARTS_DIR" && pwd -P)" "$BUNDLE/charts"
   fi
-  "$GPUOPS_VENV/bin/python" - "$BUNDLE" "$VERSIONS_FILE" "$GPUOPS_REPO" <<'PY'
+  "$GPUOPS_VENV/bin/python" - "$BUNDLE" "$VERSIONS_FILE" "$GPUOPS_REPO" "$K8S_PREV_VERSION" "$K8S_PREV_ETCD_IMAGE_TAG" <<'PY'
 import hashlib, json, os, subprocess, sys
 from pathlib import Path
 bundle, versions_file, repo = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+prev_k8s, prev_etcd = sys.argv[4], sys.argv[5]
 sys.path.insert(0, str(repo / "scripts" / "lib"))
 import jinja2, yaml
 import oci_image
@@ -455,6 +494,42 @@ if cdir.is_dir():
 manifest = {"schemaVersion": 1, "kind": "gpuops.cluster/airgap-bundle",
             "versions_file": str(versions_file.relative_to(repo)), "versions": versions,
             "images": images, "binaries": binaries, "apt": apt, "charts": charts}
+# The previous minor (scripts/build/k8s-releases.env, K8S_RELEASE=prev builds), listed only when
+# every one of its artifacts is there; "images" above stays the current release's.
+def previous_release():
+    refs = [(n, f"registry.k8s.io/{n}:{prev_k8s}") for n in ("kube-apiserver", "kube-controller-manager",
+                                                             "kube-scheduler", "kube-proxy")]
+    if prev_etcd != versions["container_images_etcd_version"]:
+        refs.append(("etcd", f"registry.k8s.io/etcd:{prev_etcd}"))
+    out = {"kubernetes": prev_k8s, "images": [], "binaries": [], "apt": []}
+    for n, ref in refs:
+        name, tag = ref.rsplit(":", 1)
+        archive = bundle / "images" / f"{name.replace('/', '_')}_{tag}.tar"
+        if not archive.exists():
+            return None
+        info = oci_image.cmd_inspect(type("A", (), {"archive": str(archive)})())
+        registry, _, path = name.partition("/")
+        out["images"].append({"name": n, "ref": ref, "registry": registry, "repository": path, "tag": tag,
+                              "digest": info["digest"], "mediaType": info["mediaType"], "config": info["config"],
+                              "platform": info["platform"], "size": sum(layer["size"] for layer in info["layers"]),
+                              "archive": str(archive.relative_to(bundle)), "archive_sha256": cached_sha256(archive)})
+    for b in ("kubeadm", "kubelet", "kubectl"):
+        p = mirror / "release" / prev_k8s / "bin" / "linux" / "amd64" / b
+        if not p.exists():
+            return None
+        out["binaries"].append({"name": b, "version": prev_k8s, "path": str(p.relative_to(bundle)), "sha256": cached_sha256(p)})
+    pminor = ".".join(prev_k8s.lstrip("v").split(".")[:2])
+    pdir = bundle / "apt" / "core:" / "stable:" / f"v{pminor}" / "deb"
+    pfiles = sorted(f for f in pdir.rglob("*") if f.is_file() and not f.name.startswith("."))
+    if not pfiles:
+        return None
+    out["apt"].append({"name": "kubernetes", "version": f"v{pminor}", "layout": "pkgs.k8s.io (flat, suite /)",
+                       "path": str(pdir.relative_to(bundle)) + "/",
+                       "files": [{"path": str(f.relative_to(bundle)), "sha256": cached_sha256(f)} for f in pfiles]})
+    return out
+prev = previous_release()
+if prev:
+    manifest["previous"] = [prev]
 text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
 out = bundle / "manifest.json"
 if not out.exists() or out.read_text() != text:
@@ -470,6 +545,19 @@ PY
 
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(binaries images bundle)
+if [ "${K8S_RELEASE:-current}" = prev ]; then
+  # the previous minor: its images, then the manifest (its binaries were built before the lock)
+  [ "$*" = "" ] && steps=(images bundle)
+  for s in "${steps[@]}"; do
+    case "$s" in
+      images) build_images_prev ;;
+      bundle) build_bundle ;;
+      *) die "K8S_RELEASE=prev has the steps images and bundle, not '$s'" ;;
+    esac
+  done
+  log "bundle ready (with $K8S_PREV_VERSION): $BUNDLE"
+  exit 0
+fi
 for s in "${steps[@]}"; do
   case "$s" in
     binaries) build_binaries ;;
