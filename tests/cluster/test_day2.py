@@ -1,0 +1,178 @@
+"""Day-2 playbooks on the real lab cluster (issue 12): etcd backup and the restore drill, certificate
+renewal, node removal and scale. Each test leaves the lab as it found it: 6 Ready nodes, 3 healthy
+etcd members. Runs after test_cluster.py on the shared lab (the ``lab`` fixture, tests/cluster/conftest.py).
+
+Run: ``source scripts/env.sh; GPUOPS_LAB_REUSE=1 python -m pytest tests/cluster/test_day2.py -m cluster -x``.
+Every ansible-playbook run's log goes to $GPUOPS_CACHE/lab/logs/day2-*.log; docs/day2.md says what
+each drill proves and what it does not."""
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.lab import CONTROL, LOGS, NODES, REPO, ZONES, kubectl, node_exec, record, run
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+ETCDCTL = ["/usr/local/bin/etcdctl", "--endpoints=https://127.0.0.1:2379", "--cacert=/etc/kubernetes/pki/etcd/ca.crt",
+           "--cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt", "--key=/etc/kubernetes/pki/etcd/healthcheck-client.key"]
+
+
+def play(name, playbook, *extra, expect_rc=0, limit=None):
+    """ansible-playbook on the lab; returns (rc, stdout+stderr with whitespace runs as one space). Log: $GPUOPS_CACHE/lab/logs/day2-NAME.log."""
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    argv = ["ansible-playbook", "-i", "inventories/lab/hosts.yml", "playbooks/%s.yml" % playbook, *extra]
+    if limit:
+        argv += ["--limit", limit]
+    t0 = time.monotonic()
+    proc = run(argv, timeout=1200, check=False, env=env)
+    wall = time.monotonic() - t0
+    out = proc.stdout + proc.stderr
+    LOGS.mkdir(parents=True, exist_ok=True)
+    (LOGS / ("day2-%s.log" % name)).write_text(out)
+    record("day2 %s (%s.yml) rc %d in %.0f s" % (name, playbook, proc.returncode, wall))
+    if expect_rc == 0:
+        assert proc.returncode == 0, "%s.yml (%s) failed, log %s:\n%s" % (playbook, name, LOGS / ("day2-%s.log" % name),
+                                                                        out[-6000:])
+    else:
+        assert proc.returncode != 0, "%s.yml (%s) should have stopped:\n%s" % (playbook, name, out[-3000:])
+    return proc.returncode, " ".join(out.split())
+
+
+def etcd_health():
+    """{endpoint: healthy} of every member, asked on lab-cp1."""
+    proc = node_exec("lab-cp1", *ETCDCTL, "endpoint", "health", "--cluster", "-w", "json", check=False)
+    return {e["endpoint"]: e["health"] for e in json.loads(proc.stdout or "[]")}
+
+
+def etcd_members():
+    return sorted(m["name"] for m in json.loads(node_exec("lab-cp1", *ETCDCTL, "member", "list", "-w", "json").stdout)["members"])
+
+
+def ready_nodes():
+    items = json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    return sorted(n["metadata"]["name"] for n in items
+                  if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
+                  and not n["spec"].get("unschedulable"))
+
+
+def assert_lab_whole(timeout=240):
+    """6 Ready, schedulable nodes and 3 healthy etcd members (waits: a restart settles)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes, health = ready_nodes(), etcd_health()
+        if nodes == sorted(NODES) and len(health) == 3 and all(health.values()):
+            return
+        assert time.monotonic() < deadline, "lab not whole: Ready %s, etcd %s" % (nodes, health)
+        time.sleep(5)
+
+
+@pytest.fixture(scope="module")
+def day2(lab, tmp_path_factory):
+    """The lab is whole before the module starts; a controller directory for the snapshots."""
+    assert_lab_whole()
+    return {"backups": tmp_path_factory.mktemp("etcd-backups")}
+
+
+def test_removing_two_control_planes_is_refused_before_anything_changes(day2):
+    rc, out = play("remove-two-cps", "remove_node", "-e", "node_lifecycle_remove_nodes=lab-cp2,lab-cp3",
+                   "-e", "node_lifecycle_kubeadm_reset=true", expect_rc=2)
+    assert "STOP: removing lab-cp2, lab-cp3 would leave 1 healthy etcd member(s) (lab-cp1)" in out
+    assert "Remove the nodes, one at a time" not in out          # the removal play never started
+    # and without the confirmation flag a worker removal is refused too
+    rc, out = play("remove-unconfirmed", "remove_node", "-e", "node_lifecycle_remove_nodes=lab-cpu1", expect_rc=2)
+    assert "confirm with -e node_lifecycle_kubeadm_reset=true" in out
+    assert_lab_whole(timeout=30)
+    assert etcd_members() == sorted(CONTROL)
+
+
+def test_etcd_backup_checksum_retention_and_timer(day2):
+    backups = day2["backups"]
+    # two older snapshots already there: with etcd_backup_keep=2 the oldest goes
+    for i, age in enumerate([3000, 2000]):
+        for suffix in ["", ".sha256"]:
+            f = backups / ("old-%d.db%s" % (i, suffix))
+            f.write_text("old\n")
+            os.utime(f, (time.time() - age, time.time() - age))
+    marker = "gpuops-drill-" + uuid.uuid4().hex[:6]
+    kubectl("-n", "default", "create", "configmap", marker, "--from-literal=proof=%s" % marker)
+    day2["marker"] = marker
+    name = "drill-%s.db" % marker
+    play("backup", "etcd_backup", "-e", "etcd_backup_fetch_dir=%s" % backups, "-e", "etcd_backup_name=%s" % name,
+         "-e", "etcd_backup_keep=2", "-e", "etcd_backup_timer=present")
+    snap = backups / name
+    recorded = (backups / (name + ".sha256")).read_text().split()
+    assert recorded == [hashlib.sha256(snap.read_bytes()).hexdigest(), name]
+    assert sorted(p.name for p in backups.glob("*.db")) == sorted([name, "old-1.db"])
+    assert not (backups / "old-0.db.sha256").exists()
+    assert (backups.stat().st_mode & 0o077) == 0
+    day2["snapshot"] = name
+    # the scheduled variant: the timer is armed on every control plane, its service takes a checked snapshot
+    for cp in CONTROL:
+        assert node_exec(cp, "systemctl", "is-active", "gpuops-etcd-backup.timer").stdout.strip() == "active"
+    node_exec("lab-cp2", "systemctl", "start", "gpuops-etcd-backup.service", timeout=120)
+    listing = node_exec("lab-cp2", "sh", "-c", "cd /var/lib/gpuops/etcd-backups && ls *.db && sha256sum -c *.sha256").stdout
+    assert "etcd-snapshot-" in listing and ": OK" in listing and "FAILED" not in listing
+    play("timer-absent", "etcd_backup", "-e", "etcd_backup_snapshot=false", "-e", "etcd_backup_timer=absent")
+    for cp in CONTROL:
+        assert node_exec(cp, "test", "-e", "/etc/systemd/system/gpuops-etcd-backup.timer", check=False).returncode == 1
+
+
+def test_etcd_restore_drill_brings_the_deleted_marker_back(day2):
+    backups, name, marker = day2["backups"], day2["snapshot"], day2["marker"]
+    kubectl("-n", "default", "delete", "configmap", marker)
+    # a damaged copy is refused before anything stops
+    bad = backups / ("bad-" + name)
+    shutil.copy(backups / name, bad)
+    (backups / ("bad-%s.sha256" % name)).write_text((backups / (name + ".sha256")).read_text())
+    with open(bad, "r+b") as fh:
+        fh.seek(4096)
+        byte = fh.read(1)
+        fh.seek(4096)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    rc, out = play("restore-damaged", "etcd_restore", "-e", "etcd_restore_source_dir=%s" % backups,
+                   "-e", "etcd_restore_snapshot=bad-%s" % name, "-e", "etcd_restore_replace_cluster_state=true", expect_rc=2)
+    assert "does not match its recorded sha256" in out
+    # and nothing runs without the confirmation flag
+    rc, out = play("restore-unconfirmed", "etcd_restore", "-e", "etcd_restore_source_dir=%s" % backups,
+                   "-e", "etcd_restore_snapshot=%s" % name, expect_rc=2)
+    assert "Run it with -e etcd_restore_replace_cluster_state=true" in out
+    assert kubectl("-n", "default", "get", "configmap", marker, check=False).returncode != 0
+    t0 = time.monotonic()
+    play("restore", "etcd_restore", "-e", "etcd_restore_source_dir=%s" % backups, "-e", "etcd_restore_snapshot=%s" % name,
+         "-e", "etcd_restore_replace_cluster_state=true")
+    record("day2 restore drill: API back after %.0f s" % (time.monotonic() - t0))
+    cm = json.loads(kubectl("-n", "default", "get", "configmap", marker, "-o", "json").stdout)
+    assert cm["data"] == {"proof": marker}
+    assert_lab_whole()
+    assert etcd_members() == sorted(CONTROL)
+    kubectl("-n", "default", "delete", "configmap", marker)
+
+
+def test_certificates_forced_renewal_restarts_one_control_plane_and_serves_the_new_certificate(day2):
+    before = json.loads(node_exec("lab-cp3", "kubeadm", "certs", "check-expiration", "-o", "json").stdout)
+    rc, out = play("certificates", "certificates", "-e", "certificates_force_renew=true", limit="lab-cp3")
+    after = json.loads(node_exec("lab-cp3", "kubeadm", "certs", "check-expiration", "-o", "json").stdout)
+    exp = {c["name"]: c["expirationDate"] for c in before["certificates"] if not c["missing"]}
+    new = {c["name"]: c["expirationDate"] for c in after["certificates"] if not c["missing"]}
+    assert set(exp) == set(new) and all(new[k] > exp[k] for k in exp), (exp, new)
+    assert "lab-cp3: the API server serves the renewed certificate" in out
+    assert_lab_whole()
+
+
+def test_remove_a_worker_and_add_it_back_with_scale(day2):
+    play("remove-cpu1", "remove_node", "-e", "node_lifecycle_remove_nodes=lab-cpu1", "-e", "node_lifecycle_kubeadm_reset=true")
+    names = [n["metadata"]["name"] for n in json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"]]
+    assert "lab-cpu1" not in names
+    assert node_exec("lab-cpu1", "test", "-e", "/etc/kubernetes/kubelet.conf", check=False).returncode == 1
+    assert etcd_members() == sorted(CONTROL)
+    play("scale-cpu1", "scale", limit="lab-cpu1")
+    node = json.loads(kubectl("get", "node", "lab-cpu1", "-o", "json").stdout)
+    assert node["metadata"]["labels"]["topology.kubernetes.io/zone"] == ZONES["lab-cpu1"]
+    assert_lab_whole()
