@@ -336,7 +336,7 @@ if ! flock -n 9; then
 fi
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(containerd kubernetes apt etcd)
+[ ${#parts[@]} -eq 0 ] && parts=(containerd kubernetes apt etcd openbao)
 if [ -n "$PREV_BIN" ]; then
   [ "$*" = "" ] && parts=(kubernetes apt)
   for p in "${parts[@]}"; do
@@ -349,7 +349,8 @@ for p in "${parts[@]}"; do
     kubernetes) kubernetes_binaries ;;
     apt) apt_repo ;;
     etcd) etcd_tarball ;;
-    *) die "unknown part '$p' (known: containerd kubernetes apt etcd)" ;;
+    openbao) openbao_binary ;;
+    *) die "unknown part '$p' (known: containerd kubernetes apt etcd openbao)" ;;
   esac
 done
 sums
