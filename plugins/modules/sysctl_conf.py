@@ -14,11 +14,11 @@ version_added: 0.2.0
 description:
   - Writes every key of O(settings) to one C(/etc/sysctl.d) file (sorted, C(key = value)) and writes the
     live value under C(/proc/sys) of each key that differs, in a single module run per host.
-  - It replaces a loop of M(ansible.posix.sysctl) calls (one module run per key): the same result with
+  - It replaces a loop of M(ansible.posix.sysctl) calls (one module run per key), with the same result and
     one remote Python start instead of one per key.
   - Keys the kernel does not have are reported in RV(missing) and fail the task unless
     O(fail_on_missing=false).
-  - Which keys are applied now can be narrowed (O(apply_pattern), O(apply_only_writable)): in a container,
+  - Which keys are applied now can be narrowed (O(apply_pattern), O(apply_only_writable)); in a container,
     only the network namespace's keys are the container's own; the others are only persisted.
 author:
   - gpuops.cluster contributors (@gpuops)
