@@ -1,0 +1,157 @@
+"""The vault role on the lab's control planes (issue 10): a real OpenBao Raft cluster installed from the
+artifact mirror by playbooks/vault.yml, bound to the lab's Kubernetes API.
+
+Proves on the lab what molecule (roles/vault/molecule/default, no Kubernetes there) cannot: a real
+ServiceAccount token (TokenRequest, ``kubectl create token``: no pod, no Secret) logs in through the
+Kubernetes auth method and gets exactly the torchserve policy; a ServiceAccount the role does not bind
+is refused. Also: three unsealed Raft voters, the binary is the mirror's, a restarted node comes back
+sealed and the next run unseals it, a second run changes nothing, and no output holds a key or token.
+
+Run: ``GPUOPS_LAB_REUSE=1 python -m pytest tests/cluster/test_vault.py -m cluster``. Logs of each
+playbook run go to $GPUOPS_CACHE/lab/logs/vault-*.log."""
+
+import json
+import os
+import re
+import time
+import uuid
+
+import hvac
+import pytest
+import requests
+
+from tests.cluster.lab import CACHE, CONTROL, IPS, LOGS, REPO, kubectl, node_exec, record, run
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+SECRETS = CACHE / "lab" / "secrets" / "vault"
+CA = SECRETS / "tls" / "ca.pem"
+API = {n: "https://%s:8200" % IPS[n] for n in CONTROL}
+MIRROR_SHA = CACHE / "mirror" / "openbao" / "2.4.0" / "linux" / "amd64" / "bao.sha256"
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+# the role's defaults for the lab (roles/vault/defaults/main.yml vault_kubernetes_roles)
+NAMESPACE, SA = "serving", "torchserve"
+
+
+def vault_play(name):
+    """playbooks/vault.yml on the lab; returns (wall seconds, {host: changed}, stdout)."""
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    t0 = time.monotonic()
+    proc = run(["ansible-playbook", "-i", "inventories/lab/hosts.yml", "playbooks/vault.yml"],
+               timeout=1200, check=False, env=env)
+    wall = time.monotonic() - t0
+    LOGS.mkdir(parents=True, exist_ok=True)
+    (LOGS / ("vault-%s.log" % name)).write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, "vault.yml (%s) failed, log %s:\n%s" % (name, LOGS / ("vault-%s.log" % name),
+                                                                        proc.stdout[-6000:])
+    recap = {m[0]: int(m[2]) for m in RECAP.findall(proc.stdout)}
+    assert set(recap) == set(CONTROL), recap
+    record("vault.yml %s run %.0f s, changed %s" % (name, wall, recap))
+    return wall, recap, proc.stdout + proc.stderr
+
+
+def seal_status(node):
+    return requests.get(API[node] + "/v1/sys/seal-status", verify=str(CA), timeout=10).json()
+
+
+@pytest.fixture(scope="module")
+def bao(lab):
+    outputs = [vault_play("converge")[2]]
+    init = json.loads((SECRETS / "init.json").read_text())
+    root = hvac.Client(url=API[CONTROL[0]], token=init["root_token"], verify=str(CA))
+    yield {"init": init, "root": root, "outputs": outputs}
+
+
+def test_three_unsealed_raft_voters_with_the_mirror_binary(bao):
+    for node in CONTROL:
+        s = seal_status(node)
+        assert s["initialized"] and not s["sealed"] and s["type"] == "shamir", (node, s)
+    servers = bao["root"].sys.read_raft_config()["data"]["config"]["servers"]
+    assert sorted(s["node_id"] for s in servers) == sorted(CONTROL), servers
+    assert all(s["voter"] for s in servers), servers
+    want = MIRROR_SHA.read_text().split()[0]
+    for node in CONTROL:
+        have = node_exec(node, "sha256sum", "/usr/local/bin/bao").stdout.split()[0]
+        assert have == want, (node, have, want)
+    audit = bao["root"].sys.list_enabled_audit_devices()["data"]
+    assert audit["file/"]["type"] == "file", audit
+
+
+def test_serviceaccount_token_logs_in_with_least_privilege(bao):
+    """A TokenRequest token of the bound ServiceAccount logs in (no pod, no Secret); it reads its own KV
+    subtree and nothing else; an unbound ServiceAccount in the same namespace is refused."""
+    created_ns = kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0
+    if created_ns:
+        kubectl("create", "namespace", NAMESPACE)
+    intruder = "intruder-" + uuid.uuid4().hex[:6]
+    created_sa = kubectl("-n", NAMESPACE, "get", "serviceaccount", SA, check=False).returncode != 0
+    try:
+        if created_sa:
+            kubectl("-n", NAMESPACE, "create", "serviceaccount", SA)
+        kubectl("-n", NAMESPACE, "create", "serviceaccount", intruder)
+        value = uuid.uuid4().hex
+        root = bao["root"]
+        root.secrets.kv.v2.create_or_update_secret(path="torchserve/model-store", secret={"key": value},
+                                                   mount_point="secret")
+        jwt = kubectl("-n", NAMESPACE, "create", "token", SA, "--duration=10m").stdout.strip()
+        client = hvac.Client(url=API[CONTROL[1]], verify=str(CA))
+        login = client.auth.kubernetes.login(role="torchserve", jwt=jwt)
+        assert login["auth"]["policies"] == ["default", "torchserve"] or \
+            sorted(login["auth"]["token_policies"]) == ["default", "torchserve"], login["auth"]
+        assert login["auth"]["metadata"]["service_account_name"] == SA
+        got = client.secrets.kv.v2.read_secret_version(path="torchserve/model-store", mount_point="secret",
+                                                       raise_on_deleted_version=True)
+        assert got["data"]["data"] == {"key": value}
+        with pytest.raises(hvac.exceptions.Forbidden):
+            client.secrets.kv.v2.read_secret_version(path="platform/istio/cacerts", mount_point="secret",
+                                                     raise_on_deleted_version=True)
+        with pytest.raises(hvac.exceptions.Forbidden):
+            client.secrets.kv.v2.create_or_update_secret(path="torchserve/model-store", secret={"key": "x"},
+                                                         mount_point="secret")
+        other = kubectl("-n", NAMESPACE, "create", "token", intruder, "--duration=10m").stdout.strip()
+        with pytest.raises((hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest)):
+            hvac.Client(url=API[CONTROL[2]], verify=str(CA)).auth.kubernetes.login(role="torchserve", jwt=other)
+        # nothing but the ServiceAccount and its TokenRequest: no token Secret, no pod of ours
+        secrets = json.loads(kubectl("-n", NAMESPACE, "get", "secrets", "-o", "json").stdout)["items"]
+        assert not [s for s in secrets if s["type"] == "kubernetes.io/service-account-token"], secrets
+        sa = json.loads(kubectl("-n", NAMESPACE, "get", "serviceaccount", SA, "-o", "json").stdout)
+        assert not sa.get("secrets"), sa
+    finally:
+        kubectl("-n", NAMESPACE, "delete", "serviceaccount", intruder, "--wait=false", check=False)
+        if created_sa:
+            kubectl("-n", NAMESPACE, "delete", "serviceaccount", SA, "--wait=false", check=False)
+        if created_ns:
+            kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+
+
+def test_restarted_node_is_unsealed_by_the_next_run(bao):
+    node = CONTROL[2]
+    node_exec(node, "systemctl", "restart", "openbao")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            s = seal_status(node)
+            if s["sealed"]:
+                break
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, "openbao on %s did not come back sealed" % node
+        time.sleep(1)
+    _, changed, out = vault_play("unseal")
+    bao["outputs"].append(out)
+    assert changed[node] > 0 and all(changed[n] == 0 for n in CONTROL if n != node), changed
+    assert not seal_status(node)["sealed"]
+
+
+def test_second_run_changes_nothing(bao):
+    _, changed, out = vault_play("idempotent")
+    bao["outputs"].append(out)
+    assert all(v == 0 for v in changed.values()), changed
+
+
+def test_no_key_or_token_in_any_output(bao):
+    init = bao["init"]
+    secrets = [init["root_token"]] + init["keys"] + init["keys_base64"]
+    text = "\n".join(bao["outputs"])
+    assert len(bao["outputs"]) >= 3
+    assert not [i for i, s in enumerate(secrets) if s in text], "a key or the root token is in the output"
