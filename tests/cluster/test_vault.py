@@ -56,10 +56,11 @@ def seal_status(node):
 
 @pytest.fixture(scope="module")
 def bao(lab):
-    outputs = [vault_play("converge")[2]]
+    was_initialised = (SECRETS / "init.json").exists()
+    _, changed, out = vault_play("converge")
     init = json.loads((SECRETS / "init.json").read_text())
     root = hvac.Client(url=API[CONTROL[0]], token=init["root_token"], verify=str(CA))
-    yield {"init": init, "root": root, "outputs": outputs}
+    yield {"init": init, "root": root, "outputs": [out], "first_changed": changed, "was_initialised": was_initialised}
 
 
 def test_three_unsealed_raft_voters_with_the_mirror_binary(bao):
@@ -144,8 +145,14 @@ def test_restarted_node_is_unsealed_by_the_next_run(bao):
 
 
 def test_second_run_changes_nothing(bao):
-    _, changed, out = vault_play("idempotent")
-    bao["outputs"].append(out)
+    """On a lab where vault.yml already ran (a reused lab), the module's first run was a second run: it
+    must have changed nothing, and the unseal run above changed only the restarted node. Otherwise run
+    again now (the first run initialised the cluster)."""
+    if bao["was_initialised"]:
+        changed = bao["first_changed"]
+    else:
+        _, changed, out = vault_play("idempotent")
+        bao["outputs"].append(out)
     assert all(v == 0 for v in changed.values()), changed
 
 
@@ -153,5 +160,5 @@ def test_no_key_or_token_in_any_output(bao):
     init = bao["init"]
     secrets = [init["root_token"]] + init["keys"] + init["keys_base64"]
     text = "\n".join(bao["outputs"])
-    assert len(bao["outputs"]) >= 3
+    assert len(bao["outputs"]) >= 2
     assert not [i for i, s in enumerate(secrets) if s in text], "a key or the root token is in the output"
