@@ -54,6 +54,12 @@ def etcd_members():
     return sorted(m["name"] for m in json.loads(node_exec("lab-cp1", *ETCDCTL, "member", "list", "-w", "json").stdout)["members"])
 
 
+def aside_dirs():
+    """{control plane: set of etcd data dirs the restores moved aside} (the role never deletes them)."""
+    return {cp: set(node_exec(cp, "sh", "-c", "ls -d /var/lib/etcd.before-restore-* 2>/dev/null || true").stdout.split())
+            for cp in CONTROL}
+
+
 def ready_nodes():
     items = json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"]
     return sorted(n["metadata"]["name"] for n in items
@@ -148,6 +154,7 @@ def test_etcd_restore_drill_brings_the_deleted_marker_back(day2):
          "-e", "etcd_backup_keep=5")
     kubectl("-n", "default", "delete", "configmap", marker)
     assert kubectl("-n", "default", "get", "configmap", marker, check=False).returncode != 0
+    aside_before = aside_dirs()
     t0 = time.monotonic()
     play("restore", "etcd_restore", "-e", "etcd_restore_source_dir=%s" % backups, "-e", "etcd_restore_snapshot=%s" % name,
          "-e", "etcd_restore_replace_cluster_state=true")
@@ -157,6 +164,11 @@ def test_etcd_restore_drill_brings_the_deleted_marker_back(day2):
     assert_lab_whole()
     assert etcd_members() == sorted(CONTROL)
     kubectl("-n", "default", "delete", "configmap", marker)
+    # each member's previous data dir was moved aside, not deleted; the test removes the ones its drill made
+    for cp, dirs in aside_dirs().items():
+        new = dirs - aside_before[cp]
+        assert len(new) == 1, (cp, dirs, aside_before[cp])
+        node_exec(cp, "rm", "-rf", "--", *new)
 
 
 def test_certificates_forced_renewal_restarts_one_control_plane_and_serves_the_new_certificate(day2):
