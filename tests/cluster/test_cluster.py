@@ -62,6 +62,8 @@ def test_site_run_builds_the_cluster_and_the_summary_shows_every_layer(lab):
     assert "kubeadm_node: ran on all 3 kube_node hosts" in out
     assert "cni: ran on all 3 kube_control_plane hosts" in out
     assert re.search(r"network: SKIPPED on all 6 hosts", out) and re.search(r"storage: SKIPPED on all 6 hosts", out)
+    for layer in ["istio", "monitoring", "gpu_operator"]:
+        assert "%s: ran (cluster-wide, from the controller)" % layer in out, layer
     # the kubeconfig the role fetched points at the VIP and is private
     assert "server: https://%s:6443" % VIP in KUBECONFIG.read_text()
     assert KUBECONFIG.stat().st_mode & 0o077 == 0

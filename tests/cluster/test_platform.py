@@ -1,0 +1,111 @@
+"""The platform layers on the lab cluster (issue 10): what site.yml's platform play left on a real
+kubeadm cluster, and the GPU operator's allocatable gate on real nodes.
+
+What the lab proves: each chart rendered by Helm and accepted by a real API server with real
+admission (RBAC, schema validation of every object), the CRDs Established, the roles' own objects,
+one owner per scrape target. What it does not: the charts' images are not built here (istiod, Envoy,
+the GPU operator, Prometheus, Grafana), so those Pods never start (docs/lab.md "Platform layers").
+The GPUs are FAKES: the allocatable gate reads a status patch standing in for the device plugin."""
+
+import json
+import os
+import textwrap
+import time
+
+import pytest
+
+from tests.cluster.lab import CACHE, GPU, KUBECONFIG, LOGS, REPO, kubectl, run
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1200)]
+
+HELM = str(os.path.join(os.environ.get("GPUOPS_BIN", str(CACHE / "bin")), "helm"))
+
+
+def _json(*args):
+    return json.loads(kubectl(*args, "-o", "json").stdout)
+
+
+def test_every_platform_release_is_deployed(lab):
+    proc = run([HELM, "--kubeconfig", str(KUBECONFIG), "list", "-A", "-o", "json"], timeout=120)
+    releases = {(r["namespace"], r["name"]): r for r in json.loads(proc.stdout)}
+    want = {("istio-system", "istio-base"), ("istio-system", "istiod"), ("monitoring", "kube-prometheus-stack"),
+            ("gpu-operator", "gpu-operator")}
+    assert want <= set(releases), sorted(releases)
+    for key in want:
+        assert releases[key]["status"] == "deployed", (key, releases[key])
+
+
+def test_platform_crds_are_established(lab):
+    crds = {c["metadata"]["name"]: c for c in _json("get", "crds")["items"]}
+    for name in ["peerauthentications.security.istio.io", "gateways.networking.istio.io",
+                 "telemetries.telemetry.istio.io", "servicemonitors.monitoring.coreos.com",
+                 "prometheusrules.monitoring.coreos.com", "clusterpolicies.nvidia.com"]:
+        assert name in crds, name
+        cond = {c["type"]: c["status"] for c in crds[name]["status"]["conditions"]}
+        assert cond.get("Established") == "True", (name, cond)
+
+
+def test_mesh_policy_and_telemetry_exist(lab):
+    pa = _json("-n", "istio-system", "get", "peerauthentications.security.istio.io")["items"]
+    assert any(p["spec"].get("mtls", {}).get("mode") == "STRICT" and not p["spec"].get("selector") for p in pa), pa
+    tel = _json("-n", "istio-system", "get", "telemetries.telemetry.istio.io")["items"]
+    assert tel, "no mesh-wide Telemetry (istio_requests_total for the canary gates)"
+
+
+def test_one_dcgm_service_monitor_and_the_serving_rules(lab):
+    sms = _json("get", "servicemonitors.monitoring.coreos.com", "-A")["items"]
+    dcgm = [s["metadata"]["name"] for s in sms
+            if s["spec"].get("selector", {}).get("matchLabels", {}).get("app") == "nvidia-dcgm-exporter"]
+    assert dcgm == ["gpuops-dcgm-exporter"], dcgm
+    rules = _json("-n", "monitoring", "get", "prometheusrules.monitoring.coreos.com")["items"]
+    alerts = {r["alert"] for pr in rules for g in pr["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    assert {"GpuXidError", "GpuCountDropped", "ServingErrorBudgetBurn1h", "ServingVersionLatencyP95High",
+            "MeshWorkloadErrorRateHigh"} <= alerts, sorted(alerts)
+
+
+def _allocatable_playbook(tmp_path):
+    pb = tmp_path / "allocatable.yml"
+    pb.write_text(textwrap.dedent("""\
+        - name: The GPU operator's allocatable gate, alone
+          hosts: localhost
+          connection: local
+          gather_facts: false
+          tasks:
+            - name: Check every GPU node's allocatable resources
+              ansible.builtin.include_role:
+                name: gpuops.cluster.gpu_operator
+                tasks_from: allocatable
+              vars:
+                gpu_operator_allocatable_check: true
+                gpu_operator_allocatable_timeout: 20
+                gpu_operator_allocatable_delay: 2
+        """))
+    return pb
+
+
+def _fake_gpus(node, count):
+    """FAKE GPU advertisement: what the NVIDIA device plugin would publish, as a status patch."""
+    patch = [{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": str(count)},
+             {"op": "add", "path": "/status/allocatable/nvidia.com~1gpu", "value": str(count)}]
+    kubectl("patch", "node", node, "--subresource=status", "--type=json", "-p", json.dumps(patch))
+
+
+def test_allocatable_gate_passes_and_names_the_node_that_falls_short(lab, tmp_path):
+    pb = _allocatable_playbook(tmp_path)
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    argv = ["ansible-playbook", "-i", "inventories/lab/hosts.yml", str(pb)]
+    for node in GPU:
+        _fake_gpus(node, 8)
+    time.sleep(1)
+    ok = run(argv, env=env, timeout=300, check=False)
+    (LOGS / "platform-allocatable-ok.log").write_text(ok.stdout + ok.stderr)
+    assert ok.returncode == 0, ok.stdout[-3000:]
+    _fake_gpus(GPU[1], 4)
+    try:
+        bad = run(argv, env=env, timeout=300, check=False)
+        (LOGS / "platform-allocatable-short.log").write_text(bad.stdout + bad.stderr)
+        assert bad.returncode != 0
+        assert GPU[1] in bad.stdout and GPU[0] not in bad.stdout.split("FAILED")[-1].split("PLAY RECAP")[0], \
+            bad.stdout[-3000:]
+    finally:
+        _fake_gpus(GPU[1], 8)
