@@ -15,12 +15,15 @@ import uuid
 
 import pytest
 
-from tests.cluster.lab import CONTROL, LOGS, NODES, REPO, ZONES, kubectl, node_exec, record, run
+from tests.cluster.lab import CONTROL, IPS, LOGS, NODES, REPO, ZONES, kubectl, node_exec, record, run
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-ETCDCTL = ["/usr/local/bin/etcdctl", "--endpoints=https://127.0.0.1:2379", "--cacert=/etc/kubernetes/pki/etcd/ca.crt",
-           "--cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt", "--key=/etc/kubernetes/pki/etcd/healthcheck-client.key"]
+# etcd's own HTTP API through curl on a control plane, with the API server's etcd client certificate:
+# it works on a fresh lab too (etcdctl is only installed by the etcd_backup role, later in this module).
+ETCD_CURL = ["curl", "-sS", "--max-time", "5", "--cacert", "/etc/kubernetes/pki/etcd/ca.crt",
+             "--cert", "/etc/kubernetes/pki/apiserver-etcd-client.crt",
+             "--key", "/etc/kubernetes/pki/apiserver-etcd-client.key"]
 
 
 def play(name, playbook, *extra, expect_rc=0, limit=None):
@@ -44,14 +47,25 @@ def play(name, playbook, *extra, expect_rc=0, limit=None):
     return proc.returncode, " ".join(out.split())
 
 
+def etcd_api(node, path, body=None):
+    """One call of etcd's HTTP API on ``node``'s own member; None when it does not answer."""
+    argv = list(ETCD_CURL) + (["-X", "POST", "-d", json.dumps(body)] if body is not None else [])
+    proc = node_exec(node, *argv, "https://%s:2379%s" % (IPS[node], path), check=False)
+    try:
+        return json.loads(proc.stdout) if proc.returncode == 0 else None
+    except ValueError:
+        return None
+
+
 def etcd_health():
-    """{endpoint: healthy} of every member, asked on lab-cp1."""
-    proc = node_exec("lab-cp1", *ETCDCTL, "endpoint", "health", "--cluster", "-w", "json", check=False)
-    return {e["endpoint"]: e["health"] for e in json.loads(proc.stdout or "[]")}
+    """{member: healthy} of every member listed by lab-cp1, each asked on its own node."""
+    listed = etcd_api("lab-cp1", "/v3/cluster/member/list", {}) or {}
+    names = [m.get("name") for m in listed.get("members", []) if m.get("name") in IPS]
+    return {n: (etcd_api(n, "/health") or {}).get("health") == "true" for n in names}
 
 
 def etcd_members():
-    return sorted(m["name"] for m in json.loads(node_exec("lab-cp1", *ETCDCTL, "member", "list", "-w", "json").stdout)["members"])
+    return sorted(m["name"] for m in etcd_api("lab-cp1", "/v3/cluster/member/list", {})["members"])
 
 
 def aside_dirs():
