@@ -2,6 +2,7 @@
 
 Imported by tests/cluster/conftest.py (the session's ``lab`` fixture) and every tests/cluster module."""
 
+import json
 import os
 import re
 import subprocess
@@ -92,3 +93,23 @@ def record(line):
     LOGS.mkdir(parents=True, exist_ok=True)
     with open(LOGS / "figures.txt", "a", encoding="utf-8") as fh:
         fh.write("%s %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), line))
+
+
+# etcd's own HTTP API through curl on a control plane, with the API server's etcd client certificate
+# (a fresh lab has no etcdctl: the etcd_backup role installs it).
+ETCD_CURL = ["curl", "-sS", "--max-time", "5", "--cacert", "/etc/kubernetes/pki/etcd/ca.crt",
+             "--cert", "/etc/kubernetes/pki/apiserver-etcd-client.crt",
+             "--key", "/etc/kubernetes/pki/apiserver-etcd-client.key"]
+
+
+def etcd_api(node, path, body=None, check=True):
+    """One call of etcd's HTTP API on ``node``'s own member (POST with a JSON ``body``). ``check=False``:
+    None when the member does not answer or answers something that is not JSON."""
+    argv = ETCD_CURL + (["-X", "POST", "-d", json.dumps(body)] if body is not None else [])
+    proc = node_exec(node, *argv, "https://%s:2379%s" % (IPS[node], path), check=check)
+    if check:
+        return json.loads(proc.stdout)
+    try:
+        return json.loads(proc.stdout) if proc.returncode == 0 else None
+    except ValueError:
+        return None

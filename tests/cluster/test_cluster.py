@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 
-from tests.cluster.lab import (BUSYBOX, CONTROL, GPU, IPS, KUBECONFIG, LOGS, NODES, VIP, ZONES, host_sysctls,
-                               kubectl, node_exec, record, run, site)
+from tests.cluster.lab import (BUSYBOX, CONTROL, GPU, IPS, KUBECONFIG, LOGS, NODES, VIP, ZONES, etcd_api,
+                               host_sysctls, kubectl, node_exec, record, run, site)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -99,20 +99,11 @@ def test_static_pods_run_on_all_three_control_planes(lab):
             assert "%s-%s" % (comp, cp) in running, ("%s-%s" % (comp, cp), sorted(running))
 
 
-def _etcd(node, path, body=None):
-    pki = "/etc/kubernetes/pki"
-    argv = ["curl", "-sS", "--max-time", "5", "--cacert", pki + "/etcd/ca.crt", "--cert",
-            pki + "/apiserver-etcd-client.crt", "--key", pki + "/apiserver-etcd-client.key"]
-    if body is not None:
-        argv += ["-X", "POST", "-d", json.dumps(body)]
-    return json.loads(node_exec(node, *argv, "https://%s:2379%s" % (IPS[node], path)).stdout)
-
-
 def test_etcd_has_three_healthy_members(lab):
-    members = _etcd("lab-cp1", "/v3/cluster/member/list", {})["members"]
+    members = etcd_api("lab-cp1", "/v3/cluster/member/list", {})["members"]
     assert sorted(m["name"] for m in members) == CONTROL, members
     for cp in CONTROL:
-        assert _etcd(cp, "/health")["health"] == "true", cp
+        assert etcd_api(cp, "/health")["health"] == "true", cp
 
 
 def test_secrets_are_encrypted_at_rest(lab):
@@ -121,7 +112,7 @@ def test_secrets_are_encrypted_at_rest(lab):
     kubectl("-n", ns, "create", "secret", "generic", name, "--from-literal=k=plaintext-marker-%s" % name)
     try:
         key = "/registry/secrets/%s/%s" % (ns, name)
-        kv = _etcd("lab-cp1", "/v3/kv/range", {"key": base64.b64encode(key.encode()).decode()})["kvs"][0]
+        kv = etcd_api("lab-cp1", "/v3/kv/range", {"key": base64.b64encode(key.encode()).decode()})["kvs"][0]
         value = base64.b64decode(kv["value"])
         assert value.startswith(b"k8s:enc:secretbox:v1:gpuops-1:"), value[:40]
         assert b"plaintext-marker" not in value

@@ -15,16 +15,9 @@ import uuid
 
 import pytest
 
-from tests.cluster.lab import CONTROL, IPS, LOGS, NODES, REPO, ZONES, kubectl, node_exec, record, run
+from tests.cluster.lab import CONTROL, IPS, LOGS, NODES, REPO, ZONES, etcd_api, kubectl, node_exec, record, run
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
-
-# etcd's own HTTP API through curl on a control plane, with the API server's etcd client certificate:
-# it works on a fresh lab too (etcdctl is only installed by the etcd_backup role, later in this module).
-ETCD_CURL = ["curl", "-sS", "--max-time", "5", "--cacert", "/etc/kubernetes/pki/etcd/ca.crt",
-             "--cert", "/etc/kubernetes/pki/apiserver-etcd-client.crt",
-             "--key", "/etc/kubernetes/pki/apiserver-etcd-client.key"]
-
 
 def play(name, playbook, *extra, expect_rc=0, limit=None):
     """ansible-playbook on the lab; returns (rc, stdout+stderr with whitespace runs as one space). Log: $GPUOPS_CACHE/lab/logs/day2-NAME.log."""
@@ -47,21 +40,11 @@ def play(name, playbook, *extra, expect_rc=0, limit=None):
     return proc.returncode, " ".join(out.split())
 
 
-def etcd_api(node, path, body=None):
-    """One call of etcd's HTTP API on ``node``'s own member; None when it does not answer."""
-    argv = list(ETCD_CURL) + (["-X", "POST", "-d", json.dumps(body)] if body is not None else [])
-    proc = node_exec(node, *argv, "https://%s:2379%s" % (IPS[node], path), check=False)
-    try:
-        return json.loads(proc.stdout) if proc.returncode == 0 else None
-    except ValueError:
-        return None
-
-
 def etcd_health():
     """{member: healthy} of every member listed by lab-cp1, each asked on its own node."""
-    listed = etcd_api("lab-cp1", "/v3/cluster/member/list", {}) or {}
+    listed = etcd_api("lab-cp1", "/v3/cluster/member/list", {}, check=False) or {}
     names = [m.get("name") for m in listed.get("members", []) if m.get("name") in IPS]
-    return {n: (etcd_api(n, "/health") or {}).get("health") == "true" for n in names}
+    return {n: (etcd_api(n, "/health", check=False) or {}).get("health") == "true" for n in names}
 
 
 def etcd_members():
