@@ -209,7 +209,7 @@ def _fake_allocatable(bed, node, count):
 
 
 def _messages(r, host) -> list:
-    return [str(res.get("msg", "")) for _, res in r["tasks"].get(host, [])]
+    return [str(res.get("msg", "")) for _name, res in r["tasks"].get(host, [])]
 
 
 # -- the bed: six FAKE GPU nodes (three per mode), the FAKE exporter, a real Prometheus ----------
@@ -286,7 +286,7 @@ def test_node_short_of_gpus_stops_the_run_left_cordoned_next_untouched(bed):
     assert s[short]["unschedulable"] and s[short]["mark"] == "cordoned", s[short]
     assert s[last] == {"driver": OLD, "state": "upgrade-done", "unschedulable": False, "mark": None,
                        "allocatable": str(GPUS)}, s[last]
-    assert "Read the node" not in [t for t, _ in r["tasks"].get(last, [])]   # its turn never came
+    assert "Read the node" not in [t for t, _res in r["tasks"].get(last, [])]   # its turn never came
     assert r["standin"].seen == [first, short]
 
 
