@@ -234,3 +234,16 @@ def test_no_token_or_private_key_in_any_output(istio_vault, vault_kv):
     secrets += [base64.b64encode(s.encode()).decode() for s in secrets[2:]]
     assert not [s[:12] for s in secrets if s in text]
     assert "PRIVATE KEY" not in text and "BEGIN" not in text
+
+
+def test_summary_lists_the_vault_layer_on_the_control_planes(tmp_path):
+    """playbooks/platform.yml runs vault on kube_control_plane before istio; the site summary names it."""
+    from tests.integration.test_site import _summary
+    cluster = {"kube_control_plane": {"hosts": {"cp1": {}, "cp2": {}, "cp3": {}}}, "kube_node": {"hosts": {"w1": {}}}}
+    assert _summary(tmp_path, None, {}, children=cluster)["vault"] == "ran on all 3 kube_control_plane hosts"
+    skipped = _summary(tmp_path, None, {"gpuops_skip_layers": {"vault": "the site's own Vault"}}, children=cluster)
+    assert skipped["vault"] == "SKIPPED on all 3 kube_control_plane hosts: the site's own Vault"
+    plays = yaml.safe_load((REPO / "playbooks" / "platform.yml").read_text())
+    assert [p["hosts"] for p in plays[:2]] == ["kube_control_plane", "localhost"]
+    assert plays[0]["tasks"][0]["ansible.builtin.include_role"]["name"] == "gpuops.cluster.vault"
+    assert plays[0]["tasks"][0]["when"] == "'vault' not in (gpuops_skip_layers | default({}))"
