@@ -141,34 +141,58 @@ class ClassifierHandler:
         return False
 
     def handle(self, data, context):
-        out = []
+        """One batch (a list of requests) -> one answer per request, in order.
+
+        The valid requests of the batch go through ONE forward pass (their features stacked
+        into an [n, 4] tensor, the output split per row); the model is batch-invariant
+        (make_model.py), so a request's answer does not depend on the batch it came in. A
+        request that fails (fault injection: 500, bad body: 400) fails alone: its status is set
+        per request (context.set_response_status(code, phrase, idx)) with the body TorchServe
+        gives a raised PredictionException; a batch of one raises it, as before. delay_ms is added once per batch (the forward pass of a
+        slow model), which at batch size 1 is once per request.
+        """
+        t0 = time.monotonic()
         dims = [self.model_name, self.version]
-        requests = self.metrics.get_metric(REQUESTS, MetricTypes.COUNTER)
-        errors = self.metrics.get_metric(ERRORS, MetricTypes.COUNTER)
-        latency = self.metrics.get_metric(LATENCY, MetricTypes.HISTOGRAM)
-        for row in data:
-            t0 = time.monotonic()
-            faults = _faults(self.base, self.overrides_path, self.version, self._override_cache)
-            fail_rate = min(max(float(faults.get("fail_rate", 0.0)), 0.0), 1.0)
-            delay_ms = max(int(faults.get("delay_ms", 0)), 0)
-            if delay_ms:
-                time.sleep(delay_ms / 1000.0)
-            failed = self._should_fail(fail_rate)
-            server_error = True
+        faults = _faults(self.base, self.overrides_path, self.version, self._override_cache)
+        fail_rate = min(max(float(faults.get("fail_rate", 0.0)), 0.0), 1.0)
+        delay_ms = max(int(faults.get("delay_ms", 0)), 0)
+        if delay_ms:
+            time.sleep(delay_ms / 1000.0)
+        out = [None] * len(data)
+        rows, idxs, refusals = [], [], {}
+        for idx, row in enumerate(data):
             try:
-                if failed:
+                if self._should_fail(fail_rate):
                     raise PredictionException(
                         f"gpuops fault injection: {self.model_name} {self.version} fail_rate={fail_rate}", 500)
-                with torch.no_grad():
-                    probs = self.model(torch.tensor([_features(row)], dtype=torch.float32))[0].tolist()
-                server_error = False
+                rows.append(_features(row))
+                idxs.append(idx)
             except PredictionException as exc:
-                server_error = exc.error_code >= 500  # a bad request (400) is not a server error
-                raise
-            finally:
-                requests.add_or_update(1, dims)
-                errors.add_or_update(1 if server_error else 0, dims)
-                latency.add_or_update(time.monotonic() - t0, dims)
-            out.append({"model": self.model_name, "version": self.version,
-                        "probabilities": probs, "class": int(probs.index(max(probs)))})
+                refusals[idx] = exc
+        try:
+            if rows:
+                with torch.no_grad():
+                    probs = self.model(torch.tensor(rows, dtype=torch.float32)).tolist()
+                for idx, p in zip(idxs, probs):
+                    out[idx] = {"model": self.model_name, "version": self.version,
+                                "probabilities": p, "class": int(p.index(max(p)))}
+        except Exception:
+            refusals.update((idx, None) for idx in idxs)  # the forward pass failed: all of it
+            raise
+        finally:
+            server_errors = sum(1 for exc in refusals.values() if exc is None or exc.error_code >= 500)
+            self.metrics.get_metric(REQUESTS, MetricTypes.COUNTER).add_or_update(len(data), dims)
+            self.metrics.get_metric(ERRORS, MetricTypes.COUNTER).add_or_update(server_errors, dims)
+            latency = self.metrics.get_metric(LATENCY, MetricTypes.HISTOGRAM)
+            elapsed = time.monotonic() - t0
+            for _ in data:  # one observation per request: each waited for the whole batch
+                latency.add_or_update(elapsed, dims)
+        if len(data) == 1 and refusals:
+            raise refusals[0]
+        for idx, exc in refusals.items():
+            # the same status and bytes as TorchServe's answer to a raised PredictionException
+            context.set_response_status(exc.error_code, exc.message, idx)
+            context.set_response_content_type(idx, "application/json")
+            out[idx] = json.dumps({"code": exc.error_code, "type": "InternalServerException",
+                                   "message": exc.message}, indent=2) + "\n"
         return out
