@@ -106,8 +106,19 @@ def vault_kv(openbao_raft, tmp_path_factory):
     c.sys.create_or_update_policy(name="platform-deployer", policy=_vault_role_policy())
     token = c.auth.token.create_orphan(policies=["platform-deployer"], no_default_policy=True, period="768h",
                                        renewable=True)["auth"]["client_token"]
+    # the AppRole alternative: a role with the same policy, its secret id in a 0600 file
+    approle = f"approle-iv-{uid}"
+    c.sys.enable_auth_method("approle", path=approle)
+    c.auth.approle.create_or_update_approle("platform-deployer", token_policies=["platform-deployer"],
+                                            token_ttl="10m", mount_point=approle)
+    role_id = c.auth.approle.read_role_id("platform-deployer", mount_point=approle)["data"]["role_id"]
+    secret_id = c.auth.approle.generate_secret_id("platform-deployer", mount_point=approle)["data"]["secret_id"]
     work = tmp_path_factory.mktemp("istio-vault")
     yield {"bao": bao, "token": token, "work": work, **issued,
+           "approle": {"istio_vault_auth": "approle", "istio_vault_approle_mount": approle,
+                       "istio_vault_role_id": role_id,
+                       "istio_vault_secret_id_file": str(_write_private(work / "secret-id", secret_id))},
+           "secret_id": secret_id,
            "token_file": _write_private(work / "platform-deployer.token", token),
            "root_token_file": _write_private(work / "root.token", bao.token)}
 
@@ -194,6 +205,32 @@ def test_second_run_changes_nothing_and_check_mode_makes_no_change(istio_vault, 
     assert base64.b64decode(tls.data["tls.key"]).decode() == vault_kv["ingress"]["tls.key"]
 
 
+def test_approle_login_reads_and_checks_the_same_entries(vault_kv):
+    """The AppRole alternative, on the Vault side only (material.yml: read, key and PEM checks)."""
+    work = vault_kv["work"] / "approle"
+    work.mkdir()
+    pb = work / "material.yml"
+    pb.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "istio material", "ansible.builtin.include_role": {
+            "name": "gpuops.cluster.istio", "tasks_from": "material.yml"}}]}]))
+    xv = {"istio_pki_source": "vault", "istio_vault_url": vault_kv["bao"].addr,
+          "istio_vault_ca_cert": vault_kv["bao"].ca_cert, **vault_kv["approle"]}
+    r = run(pb, work, inventory(work / "hosts.yml", {}), xv)
+    OUTPUTS.append(r["stdout"] + r["stderr"])
+    assert r["rc"] == 0 and r["stats"]["changed"] == 0, brief(r)
+    reads = r["tasks"]["Read the certificates from Vault KV v2 (on the controller)"][0]["results"]
+    assert len(reads) == 2 and not any(x.get("failed") for x in reads)
+    for name in ("Check the plug-in CA material (cacerts)", "Check the ingress TLS material"):
+        assert not r["tasks"][name][0].get("skipped") and not r["tasks"][name][0].get("failed"), brief(r)
+    # a wrong secret id: the failure names the path and the AppRole options, not the secret
+    bad = _write_private(work / "bad-secret-id", "0" * 36)
+    r = run(pb, work, inventory(work / "hosts.yml", {}), dict(xv, istio_vault_secret_id_file=str(bad)))
+    OUTPUTS.append(r["stdout"] + r["stderr"])
+    msg = r["tasks"]["Check that every KV entry could be read"][0]["msg"]
+    assert r["rc"] != 0 and "secret/platform/istio/cacerts (plug-in CA)" in msg, brief(r)
+    assert "istio_vault_role_id / istio_vault_secret_id_file" in msg, msg
+
+
 def test_incomplete_kv_entry_fails_naming_path_and_keys(istio_vault):
     r = istio_vault["runs"]["broken"]
     assert r["rc"] != 0, brief(r)
@@ -227,11 +264,11 @@ def test_disabled_modes_read_nothing_from_vault(istio_vault, k8s):
 
 
 def test_no_token_or_private_key_in_any_output(istio_vault, vault_kv):
-    assert len(OUTPUTS) == 6
+    assert len(OUTPUTS) == 8
     text = "\n".join(OUTPUTS)
-    secrets = [vault_kv["token"], vault_kv["bao"].token, vault_kv["cacerts"]["ca-key.pem"],
+    secrets = [vault_kv["token"], vault_kv["bao"].token, vault_kv["secret_id"], vault_kv["cacerts"]["ca-key.pem"],
                vault_kv["ingress"]["tls.key"]] + istio_vault["secrets"]
-    secrets += [base64.b64encode(s.encode()).decode() for s in secrets[2:]]
+    secrets += [base64.b64encode(s.encode()).decode() for s in secrets[3:]]
     assert not [s[:12] for s in secrets if s in text]
     assert "PRIVATE KEY" not in text and "BEGIN" not in text
 
