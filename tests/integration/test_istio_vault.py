@@ -215,17 +215,20 @@ def test_approle_login_reads_and_checks_the_same_entries(vault_kv):
             "name": "gpuops.cluster.istio", "tasks_from": "material.yml"}}]}]))
     xv = {"istio_pki_source": "vault", "istio_vault_url": vault_kv["bao"].addr,
           "istio_vault_ca_cert": vault_kv["bao"].ca_cert, **vault_kv["approle"]}
-    r = run(pb, work, inventory(work / "hosts.yml", {}), xv)
-    OUTPUTS.append(r["stdout"] + r["stderr"])
+    inv = inventory(work / "hosts.yml", {})
+    # beside it, a wrong secret id: the failure names the path and the AppRole options, not the secret
+    bad = _write_private(work / "bad-secret-id", "0" * 36)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        bad_run = pool.submit(run, pb, work / "bad", inv, dict(xv, istio_vault_secret_id_file=str(bad)))
+        r = run(pb, work / "good", inv, xv)
+        bad_r = bad_run.result()
+    OUTPUTS.extend(x["stdout"] + x["stderr"] for x in (r, bad_r))
     assert r["rc"] == 0 and r["stats"]["changed"] == 0, brief(r)
     reads = r["tasks"]["Read the certificates from Vault KV v2 (on the controller)"][0]["results"]
     assert len(reads) == 2 and not any(x.get("failed") for x in reads)
     for name in ("Check the plug-in CA material (cacerts)", "Check the ingress TLS material"):
         assert not r["tasks"][name][0].get("skipped") and not r["tasks"][name][0].get("failed"), brief(r)
-    # a wrong secret id: the failure names the path and the AppRole options, not the secret
-    bad = _write_private(work / "bad-secret-id", "0" * 36)
-    r = run(pb, work, inventory(work / "hosts.yml", {}), dict(xv, istio_vault_secret_id_file=str(bad)))
-    OUTPUTS.append(r["stdout"] + r["stderr"])
+    r = bad_r
     msg = r["tasks"]["Check that every KV entry could be read"][0]["msg"]
     assert r["rc"] != 0 and "secret/platform/istio/cacerts (plug-in CA)" in msg, brief(r)
     assert "istio_vault_role_id / istio_vault_secret_id_file" in msg, msg
