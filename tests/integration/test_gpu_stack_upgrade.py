@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,11 @@ STATE_LABEL = "nvidia.com/gpu-driver-upgrade-state"
 MARK = "gpuops.io/gpu-stack-upgrade"
 GPUS = 8
 LIFETIME = 600
+# The test-bed cases below were written while the lab cluster held the host's inotify budget (the
+# kube-apiserver test bed may not start beside it) and have not had a first run yet: opt in with
+# GPUOPS_GSU_TESTBED=1 until they have (docs/day2.md). The offline case always runs.
+needs_bed = pytest.mark.skipif(os.environ.get("GPUOPS_GSU_TESTBED") != "1",
+                               reason="gpu_stack_upgrade test-bed cases not run yet: GPUOPS_GSU_TESTBED=1 to run them")
 
 
 class FakeDcgmExporter:
@@ -212,6 +219,25 @@ def _messages(r, host) -> list:
     return [str(res.get("msg", "")) for _name, res in r["tasks"].get(host, [])]
 
 
+# -- offline: the options are refused before any host or API is contacted ---------------------------
+def test_offline_preflight_refuses_missing_options_then_passes(tmp_path, monkeypatch):
+    """`--tags gpu_stack_upgrade_preflight` on inventories/sample (unreachable addresses, no cluster):
+    without a target driver the options play stops on the first GPU host with the message naming
+    what to set; with one it passes, changed=0 everywhere."""
+    inv = REPO / "inventories" / "sample" / "hosts.yml"
+    base = {"gpuops_kubeconfig": "/nonexistent/admin.conf", "gpuops_prometheus_url": "http://prometheus.monitoring:9090"}
+    monkeypatch.setenv("ANSIBLE_RUN_TAGS", "gpu_stack_upgrade_preflight")   # = --tags (run() takes no argv)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        bad_f = pool.submit(run, PLAYBOOK, tmp_path / "bad", inv, base)
+        good_f = pool.submit(run, PLAYBOOK, tmp_path / "good", inv, dict(base, gpu_stack_upgrade_driver_version=NEW))
+        bad, good = bad_f.result(), good_f.result()
+    assert bad["rc"] != 0 and good["rc"] == 0, (bad["stderr"][-800:], good["stderr"][-800:])
+    msgs = [str(res.get("msg", "")) for ts in _hosts(bad["stdout"])["tasks"].values() for _t, res in ts if res.get("failed")]
+    assert msgs and "gpu_stack_upgrade_driver_version the target driver such as 595.91.07 (got '')" in msgs[0], msgs
+    for host, st in _hosts(good["stdout"])["stats"].items():
+        assert st["changed"] == 0 and st["unreachable"] == 0 and st["failures"] == 0, (host, st)
+
+
 # -- the bed: six FAKE GPU nodes (three per mode), the FAKE exporter, a real Prometheus ----------
 @pytest.fixture(scope="module")
 def bed(k8s, prometheus_factory, tmp_path_factory):
@@ -239,6 +265,7 @@ def bed(k8s, prometheus_factory, tmp_path_factory):
 
 
 # -- preinstalled mode: check mode, one by one, second run ------------------------------------------
+@needs_bed
 def test_check_mode_changes_nothing(bed):
     before = _nodes(bed, bed["pre"])
     r = _play(bed, "pre-check", "preinstalled", bed["pre"], check=True)
@@ -248,6 +275,7 @@ def test_check_mode_changes_nothing(bed):
     assert r["standin"].seen == []          # never cordoned
 
 
+@needs_bed
 def test_healthy_nodes_are_upgraded_one_by_one_and_uncordoned(bed):
     r = _play(bed, "pre-first", "preinstalled", bed["pre"])
     assert r["rc"] == 0, _why(r)
@@ -261,6 +289,7 @@ def test_healthy_nodes_are_upgraded_one_by_one_and_uncordoned(bed):
         assert r["stats"][n]["changed"] > 0 and r["stats"][n]["failures"] == 0
 
 
+@needs_bed
 def test_second_run_skips_every_node_and_changes_nothing(bed):
     r = _play(bed, "pre-second", "preinstalled", bed["pre"])
     assert r["rc"] == 0, _why(r)
@@ -271,6 +300,7 @@ def test_second_run_skips_every_node_and_changes_nothing(bed):
 
 
 # -- operator mode (the stand-in plays the operator): a short node stops the run; re-runs resume ------
+@needs_bed
 def test_node_short_of_gpus_stops_the_run_left_cordoned_next_untouched(bed):
     first, short, last = bed["op"]
     _fake_allocatable(bed, short, 4)        # FAKE: four GPUs fell off the bus after the upgrade
@@ -290,6 +320,7 @@ def test_node_short_of_gpus_stops_the_run_left_cordoned_next_untouched(bed):
     assert r["standin"].seen == [first, short]
 
 
+@needs_bed
 def test_rerun_skips_the_done_node_and_a_dcgm_xid_stops_the_next(bed):
     first, short, last = bed["op"]
     _fake_allocatable(bed, short, GPUS)     # the GPUs are back
