@@ -63,16 +63,21 @@ def _sha(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def base_model(store: Path = MODEL_STORE) -> Path:
-    """The scripted model file (built once per model source, cached)."""
+def base_model(store: Path = MODEL_STORE, hidden: int = 0) -> Path:
+    """The scripted model file (built once per model source and size, cached).
+
+    ``hidden`` 0 is the test bed's tiny classifier; > 0 the benchmark's MLP (make_model.py)."""
+    hidden = int(hidden)
+    if hidden < 0:
+        raise ValueError(f"hidden {hidden!r} must be 0 (tiny classifier) or a positive layer width")
     digest = _sha(MAKE_MODEL.read_bytes(), (TS_VENV / ".lock").read_bytes()
-                  if (TS_VENV / ".lock").exists() else b"")[:12]
-    out = store / ".base" / f"classifier-{digest}.pt"
+                  if (TS_VENV / ".lock").exists() else b"", str(hidden).encode() if hidden else b"")[:12]
+    out = store / ".base" / (f"classifier-mlp{hidden}-{digest}.pt" if hidden else f"classifier-{digest}.pt")
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".tmp{os.getpid()}")
-    res = subprocess.run([str(ts_bin("python")), str(MAKE_MODEL), str(tmp)],
+    res = subprocess.run([str(ts_bin("python")), str(MAKE_MODEL), str(tmp), "--hidden", str(hidden)],
                          capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise TestbedError(f"scripting the test model failed (rc={res.returncode}):\n{res.stderr}")
@@ -104,12 +109,14 @@ def validate(version: str, fail_rate: float, delay_ms: int, model_name: str) -> 
 
 
 def build_archive(version: str, fail_rate: float = 0.0, delay_ms: int = 0,
-                  model_name: str = MODEL_NAME, store: Optional[Path] = None) -> Path:
-    """Return the path of ``<model_name>`` version ``version`` with these faults; build it if missing."""
+                  model_name: str = MODEL_NAME, store: Optional[Path] = None, hidden: int = 0) -> Path:
+    """Return the path of ``<model_name>`` version ``version`` with these faults; build it if missing.
+
+    ``hidden`` > 0 archives the benchmark's MLP instead of the tiny classifier (base_model)."""
     validate(version, fail_rate, delay_ms, model_name)
     store = Path(store or MODEL_STORE)
     cfg = json.dumps(model_config(fail_rate, delay_ms), sort_keys=True, indent=2)
-    pt = base_model(store)
+    pt = base_model(store, hidden)
     digest = _sha(HANDLER.read_bytes(), pt.name.encode(), cfg.encode(), model_name.encode(),
                   str(version).encode(), ARCHIVER_PIN.encode())[:12]
     out = store / f"{model_name}-{version}-{digest}.mar"
