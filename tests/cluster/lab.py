@@ -60,10 +60,20 @@ def node_exec(node, *argv, timeout=60, check=True):
     return run(["podman", "exec", node, *argv], timeout=timeout, check=check)
 
 
+def ansible_env(**extra):
+    """The environment of every ansible-playbook run on the lab: the repo's ansible.cfg and, unless
+    GPUOPS_LAB_MITOGEN=0, the lab's Mitogen strategy (scripts/lab-ansible/lab-env, docs/lab.md), the
+    same settings scripts/site-lab uses."""
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), **extra)
+    if env.get("GPUOPS_LAB_MITOGEN", "1") != "0":
+        env.update(ANSIBLE_STRATEGY_PLUGINS=str(REPO / "scripts" / "lab-ansible" / "strategy_plugins"),
+                   ANSIBLE_STRATEGY="gpuops_mitogen_linear")
+    return env
+
+
 def site(name, *extra):
     """Run playbooks/site.yml on the lab; returns (wall seconds, {host: (ok, changed, unreachable, failed)}, stdout)."""
-    env = dict(os.environ, ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks", ANSIBLE_NOCOLOR="1",
-               ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), PROFILE_TASKS_TASK_OUTPUT_LIMIT="30")
+    env = ansible_env(ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks", PROFILE_TASKS_TASK_OUTPUT_LIMIT="30")
     t0 = time.monotonic()
     proc = run(["ansible-playbook", "-i", "inventories/lab/hosts.yml", "playbooks/site.yml", *extra],
                timeout=1800, check=False, env=env)

@@ -15,13 +15,13 @@ import uuid
 
 import pytest
 
-from tests.cluster.lab import CONTROL, IPS, LOGS, NODES, REPO, ZONES, etcd_api, kubectl, node_exec, record, run
+from tests.cluster.lab import CONTROL, IPS, LOGS, NODES, ZONES, ansible_env, etcd_api, kubectl, node_exec, record, run
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 def play(name, playbook, *extra, expect_rc=0, limit=None):
     """ansible-playbook on the lab; returns (rc, stdout+stderr with whitespace runs as one space). Log: $GPUOPS_CACHE/lab/logs/day2-NAME.log."""
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    env = ansible_env()
     argv = ["ansible-playbook", "-i", "inventories/lab/hosts.yml", "playbooks/%s.yml" % playbook, *extra]
     if limit:
         argv += ["--limit", limit]

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.cluster.lab import CACHE, GPU, KUBECONFIG, LOGS, REPO, kubectl, run
+from tests.cluster.lab import CACHE, GPU, KUBECONFIG, LOGS, ansible_env, kubectl, run
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -92,7 +92,7 @@ def _fake_gpus(node, count):
 
 def test_allocatable_gate_passes_and_names_the_node_that_falls_short(lab, tmp_path):
     pb = _allocatable_playbook(tmp_path)
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    env = ansible_env()
     argv = ["ansible-playbook", "-i", "inventories/lab/hosts.yml", str(pb)]
     for node in GPU:
         _fake_gpus(node, 8)

@@ -11,7 +11,6 @@ Run: ``GPUOPS_LAB_REUSE=1 python -m pytest tests/cluster/test_vault.py -m cluste
 playbook run go to $GPUOPS_CACHE/lab/logs/vault-*.log."""
 
 import json
-import os
 import re
 import time
 import uuid
@@ -20,7 +19,7 @@ import hvac
 import pytest
 import requests
 
-from tests.cluster.lab import CACHE, CONTROL, IPS, LOGS, REPO, kubectl, node_exec, record, run
+from tests.cluster.lab import CACHE, CONTROL, IPS, LOGS, ansible_env, kubectl, node_exec, record, run
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -35,7 +34,7 @@ NAMESPACE, SA = "serving", "torchserve"
 
 def vault_play(name):
     """playbooks/vault.yml on the lab; returns (wall seconds, {host: changed}, stdout)."""
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    env = ansible_env()
     t0 = time.monotonic()
     proc = run(["ansible-playbook", "-i", "inventories/lab/hosts.yml", "playbooks/vault.yml"],
                timeout=1200, check=False, env=env)
