@@ -7,14 +7,16 @@ one owner per scrape target. What it does not: the charts' images are not built 
 the GPU operator, Prometheus, Grafana), so those Pods never start (docs/lab.md "Platform layers").
 The GPUs are FAKES: the allocatable gate reads a status patch standing in for the device plugin."""
 
+import base64
 import json
 import os
 import textwrap
 import time
 
+import hvac
 import pytest
 
-from tests.cluster.lab import CACHE, GPU, KUBECONFIG, LOGS, ansible_env, kubectl, run
+from tests.cluster.lab import CACHE, CONTROL, GPU, IPS, KUBECONFIG, LOGS, ansible_env, kubectl, run
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -50,6 +52,30 @@ def test_mesh_policy_and_telemetry_exist(lab):
     assert any(p["spec"].get("mtls", {}).get("mode") == "STRICT" and not p["spec"].get("selector") for p in pa), pa
     tel = _json("-n", "istio-system", "get", "telemetries.telemetry.istio.io")["items"]
     assert tel, "no mesh-wide Telemetry (istio_requests_total for the canary gates)"
+
+
+def test_mesh_ca_and_ingress_certificate_come_from_vault_kv(lab):
+    """The istio role (istio_pki_source: vault in the lab) wrote Secret cacerts and the ingress TLS Secret
+    from the vault layer's KV entries, read with the deployer token: byte for byte what KV holds."""
+    secrets = CACHE / "lab" / "secrets" / "vault"
+    init = json.loads((secrets / "init.json").read_text())
+    client = hvac.Client(url="https://%s:8200" % IPS[CONTROL[0]], token=init["root_token"],
+                         verify=str(secrets / "tls" / "ca.pem"))
+
+    def kv(path):
+        return client.secrets.kv.v2.read_secret_version(path=path, mount_point="secret",
+                                                        raise_on_deleted_version=True)["data"]["data"]
+
+    def data(namespace, name):
+        return {k: base64.b64decode(v).decode() for k, v in _json("-n", namespace, "get", "secret", name)["data"].items()}
+
+    mesh = kv("platform/istio/cacerts")
+    assert set(mesh) == {"ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"}, sorted(mesh)
+    assert data("istio-system", "cacerts") == mesh
+    ingress = kv("platform/istio/ingress")
+    tls = data("istio-ingress", "gpuops-ingress-tls")
+    assert tls["tls.crt"] == ingress["tls.crt"] and tls["tls.key"] == ingress["tls.key"]
+    assert "BEGIN CERTIFICATE" in tls["tls.crt"]
 
 
 def test_one_dcgm_service_monitor_and_the_serving_rules(lab):
