@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,11 +46,6 @@ STATE_LABEL = "nvidia.com/gpu-driver-upgrade-state"
 MARK = "gpuops.io/gpu-stack-upgrade"
 GPUS = 8
 LIFETIME = 600
-# The test-bed cases below were written while the lab cluster held the host's inotify budget (the
-# kube-apiserver test bed may not start beside it) and have not had a first run yet: opt in with
-# GPUOPS_GSU_TESTBED=1 until they have (docs/day2.md). The offline case always runs.
-needs_bed = pytest.mark.skipif(os.environ.get("GPUOPS_GSU_TESTBED") != "1",
-                               reason="gpu_stack_upgrade test-bed cases not run yet: GPUOPS_GSU_TESTBED=1 to run them")
 
 
 class FakeDcgmExporter:
@@ -265,7 +259,6 @@ def bed(k8s, prometheus_factory, tmp_path_factory):
 
 
 # -- preinstalled mode: check mode, one by one, second run ------------------------------------------
-@needs_bed
 def test_check_mode_changes_nothing(bed):
     before = _nodes(bed, bed["pre"])
     r = _play(bed, "pre-check", "preinstalled", bed["pre"], check=True)
@@ -275,7 +268,6 @@ def test_check_mode_changes_nothing(bed):
     assert r["standin"].seen == []          # never cordoned
 
 
-@needs_bed
 def test_healthy_nodes_are_upgraded_one_by_one_and_uncordoned(bed):
     r = _play(bed, "pre-first", "preinstalled", bed["pre"])
     assert r["rc"] == 0, _why(r)
@@ -289,7 +281,6 @@ def test_healthy_nodes_are_upgraded_one_by_one_and_uncordoned(bed):
         assert r["stats"][n]["changed"] > 0 and r["stats"][n]["failures"] == 0
 
 
-@needs_bed
 def test_second_run_skips_every_node_and_changes_nothing(bed):
     r = _play(bed, "pre-second", "preinstalled", bed["pre"])
     assert r["rc"] == 0, _why(r)
@@ -300,7 +291,6 @@ def test_second_run_skips_every_node_and_changes_nothing(bed):
 
 
 # -- operator mode (the stand-in plays the operator): a short node stops the run; re-runs resume ------
-@needs_bed
 def test_node_short_of_gpus_stops_the_run_left_cordoned_next_untouched(bed):
     first, short, last = bed["op"]
     _fake_allocatable(bed, short, 4)        # FAKE: four GPUs fell off the bus after the upgrade
@@ -320,7 +310,6 @@ def test_node_short_of_gpus_stops_the_run_left_cordoned_next_untouched(bed):
     assert r["standin"].seen == [first, short]
 
 
-@needs_bed
 def test_rerun_skips_the_done_node_and_a_dcgm_xid_stops_the_next(bed):
     first, short, last = bed["op"]
     _fake_allocatable(bed, short, GPUS)     # the GPUs are back
