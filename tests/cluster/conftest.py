@@ -31,8 +31,9 @@ def lab():
     reuse = os.environ.get("GPUOPS_LAB_REUSE") == "1" and lab_running()
     keep = os.environ.get("GPUOPS_LAB_KEEP") == "1"
     # the registry's log outlives it (scripts/registry keeps it): only this session's lines count
-    info = {"host_sysctls_before": before, "reused": reuse, "t0": time.time(),
-            "since": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) if not reuse else ""}
+    t0 = time.time()
+    info = {"host_sysctls_before": before, "reused": reuse, "t0": t0,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t0)) if not reuse else ""}
     if not reuse and lab_exists():
         # never take down (or silently build over) somebody's lab cluster
         pytest.fail("a lab already exists (scripts/lab status): the cluster tier brings up its own. Take it "

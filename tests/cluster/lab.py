@@ -30,6 +30,10 @@ BUSYBOX = "docker.io/library/busybox:1.35.0"
 HOST_SYSCTLS = ["vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
                 "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes", "net/netfilter/nf_conntrack_max"]
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+# the lab's OpenBao (site.yml's vault layer): controller-side secrets, CA, API per control plane
+VAULT_SECRETS = CACHE / "lab" / "secrets" / "vault"
+VAULT_CA = VAULT_SECRETS / "tls" / "ca.pem"
+VAULT_API = {n: "https://%s:8200" % IPS[n] for n in CONTROL}
 
 
 def host_sysctls():

@@ -16,7 +16,8 @@ import time
 import hvac
 import pytest
 
-from tests.cluster.lab import CACHE, CONTROL, GPU, IPS, KUBECONFIG, LOGS, ansible_env, kubectl, run
+from tests.cluster.lab import (CACHE, CONTROL, GPU, KUBECONFIG, LOGS, VAULT_API, VAULT_CA, VAULT_SECRETS, ansible_env,
+                               kubectl, run)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -57,10 +58,8 @@ def test_mesh_policy_and_telemetry_exist(lab):
 def test_mesh_ca_and_ingress_certificate_come_from_vault_kv(lab):
     """The istio role (istio_pki_source: vault in the lab) wrote Secret cacerts and the ingress TLS Secret
     from the vault layer's KV entries, read with the deployer token: byte for byte what KV holds."""
-    secrets = CACHE / "lab" / "secrets" / "vault"
-    init = json.loads((secrets / "init.json").read_text())
-    client = hvac.Client(url="https://%s:8200" % IPS[CONTROL[0]], token=init["root_token"],
-                         verify=str(secrets / "tls" / "ca.pem"))
+    init = json.loads((VAULT_SECRETS / "init.json").read_text())
+    client = hvac.Client(url=VAULT_API[CONTROL[0]], token=init["root_token"], verify=str(VAULT_CA))
 
     def kv(path):
         return client.secrets.kv.v2.read_secret_version(path=path, mount_point="secret",

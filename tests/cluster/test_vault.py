@@ -12,7 +12,6 @@ Run: ``GPUOPS_LAB_REUSE=1 python -m pytest tests/cluster/test_vault.py -m cluste
 playbook run go to $GPUOPS_CACHE/lab/logs/vault-*.log."""
 
 import json
-import re
 import time
 import uuid
 
@@ -20,15 +19,12 @@ import hvac
 import pytest
 import requests
 
-from tests.cluster.lab import CACHE, CONTROL, IPS, LOGS, ansible_env, kubectl, node_exec, record, run
+from tests.cluster.lab import (CACHE, CONTROL, LOGS, RECAP, VAULT_API, VAULT_CA, VAULT_SECRETS, ansible_env, kubectl,
+                               node_exec, record, run)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-SECRETS = CACHE / "lab" / "secrets" / "vault"
-CA = SECRETS / "tls" / "ca.pem"
-API = {n: "https://%s:8200" % IPS[n] for n in CONTROL}
 MIRROR_SHA = CACHE / "mirror" / "openbao" / "2.4.0" / "linux" / "amd64" / "bao.sha256"
-RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 # the role's defaults for the lab (roles/vault/defaults/main.yml vault_kubernetes_roles)
 NAMESPACE, SA = "serving", "torchserve"
 
@@ -51,16 +47,16 @@ def vault_play(name):
 
 
 def seal_status(node):
-    return requests.get(API[node] + "/v1/sys/seal-status", verify=str(CA), timeout=10).json()
+    return requests.get(VAULT_API[node] + "/v1/sys/seal-status", verify=str(VAULT_CA), timeout=10).json()
 
 
 @pytest.fixture(scope="module")
 def bao(lab):
     """The OpenBao cluster site.yml's vault layer (platform.yml's first play) built in the lab fixture's
     first run; its idempotence is the second site run's changed=0 (test_cluster.py)."""
-    assert (SECRETS / "init.json").exists(), "site.yml's vault layer left no init.json in %s" % SECRETS
-    init = json.loads((SECRETS / "init.json").read_text())
-    root = hvac.Client(url=API[CONTROL[0]], token=init["root_token"], verify=str(CA))
+    assert (VAULT_SECRETS / "init.json").exists(), "site.yml's vault layer left no init.json in %s" % VAULT_SECRETS
+    init = json.loads((VAULT_SECRETS / "init.json").read_text())
+    root = hvac.Client(url=VAULT_API[CONTROL[0]], token=init["root_token"], verify=str(VAULT_CA))
     yield {"init": init, "root": root, "outputs": [lab["first"][2]], "since": lab["t0"]}
 
 
@@ -96,7 +92,7 @@ def test_serviceaccount_token_logs_in_with_least_privilege(bao):
         root.secrets.kv.v2.create_or_update_secret(path="torchserve/model-store", secret={"key": value},
                                                    mount_point="secret")
         jwt = kubectl("-n", NAMESPACE, "create", "token", SA, "--duration=10m").stdout.strip()
-        client = hvac.Client(url=API[CONTROL[1]], verify=str(CA))
+        client = hvac.Client(url=VAULT_API[CONTROL[1]], verify=str(VAULT_CA))
         login = client.auth.kubernetes.login(role="torchserve", jwt=jwt)
         assert login["auth"]["policies"] == ["default", "torchserve"] or \
             sorted(login["auth"]["token_policies"]) == ["default", "torchserve"], login["auth"]
@@ -112,7 +108,7 @@ def test_serviceaccount_token_logs_in_with_least_privilege(bao):
                                                          mount_point="secret")
         other = kubectl("-n", NAMESPACE, "create", "token", intruder, "--duration=10m").stdout.strip()
         with pytest.raises((hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest)):
-            hvac.Client(url=API[CONTROL[2]], verify=str(CA)).auth.kubernetes.login(role="torchserve", jwt=other)
+            hvac.Client(url=VAULT_API[CONTROL[2]], verify=str(VAULT_CA)).auth.kubernetes.login(role="torchserve", jwt=other)
         # nothing but the ServiceAccount and its TokenRequest: no token Secret, no pod of ours
         secrets = json.loads(kubectl("-n", NAMESPACE, "get", "secrets", "-o", "json").stdout)["items"]
         assert not [s for s in secrets if s["type"] == "kubernetes.io/service-account-token"], secrets
