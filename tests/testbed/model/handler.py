@@ -22,9 +22,11 @@ Metrics (custom metrics API, declared in metrics.yaml; Prometheus series on Torc
 metrics port, labels model_name, model_version and Hostname added by the frontend):
     gpuops_requests_total    counter   every request the handler saw (success or failure)
     gpuops_errors_total      counter   requests the handler failed (HTTP 5xx)
+    gpuops_batches_total     counter   batches (handle() calls): requests_total / batches_total is
+                                       the mean batch size, > 1 only when TorchServe batched
     gpuops_latency_seconds   histogram handler latency in seconds (incl. delay_ms), buckets are
                                        the Prometheus client defaults 5 ms .. 10 s
-Both counters are emitted with 0 when the worker loads, so the series exist before traffic.
+The counters are emitted with 0 when the worker loads, so the series exist before traffic.
 """
 
 import json
@@ -40,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 REQUESTS = "gpuops_requests_total"
 ERRORS = "gpuops_errors_total"
+BATCHES = "gpuops_batches_total"
 LATENCY = "gpuops_latency_seconds"
 DIMENSIONS = ["model_name", "model_version"]
 LOAD_GATE_TIMEOUT_S = 900
@@ -122,6 +125,7 @@ class ClassifierHandler:
         dims = [self.model_name, self.version]
         self._metric(REQUESTS, "Count", MetricTypes.COUNTER).add_or_update(0, dims)
         self._metric(ERRORS, "Count", MetricTypes.COUNTER).add_or_update(0, dims)
+        self._metric(BATCHES, "Count", MetricTypes.COUNTER).add_or_update(0, dims)
         self._metric(LATENCY, "Seconds", MetricTypes.HISTOGRAM)
         logger.info("gpuops: loaded %s %s with faults %s", self.model_name, self.version, self.base)
         self.initialized = True
@@ -183,6 +187,7 @@ class ClassifierHandler:
             server_errors = sum(1 for exc in refusals.values() if exc is None or exc.error_code >= 500)
             self.metrics.get_metric(REQUESTS, MetricTypes.COUNTER).add_or_update(len(data), dims)
             self.metrics.get_metric(ERRORS, MetricTypes.COUNTER).add_or_update(server_errors, dims)
+            self.metrics.get_metric(BATCHES, MetricTypes.COUNTER).add_or_update(1, dims)
             latency = self.metrics.get_metric(LATENCY, MetricTypes.HISTOGRAM)
             elapsed = time.monotonic() - t0
             for _ in data:  # one observation per request: each waited for the whole batch
