@@ -278,6 +278,8 @@ def test_each_share_is_for_its_operator_only(pgp_vault):
         other = OPERATORS[(i + 1) % len(OPERATORS)]
         refused = _decrypt(ops[other]["home"], b64)
         assert refused.returncode != 0 and not refused.stdout, f"{other} decrypted {name}'s share"
+    # what the operators get: the share in hex (33 bytes: a Shamir share of the 32-byte key), all different
+    assert all(len(p) == 66 and int(p, 16) >= 0 for p in pgp_vault["plain"]), [len(p) for p in pgp_vault["plain"]]
     assert len(set(pgp_vault["plain"])) == SHARES
 
 
@@ -292,8 +294,10 @@ def test_decrypted_shares_unseal_and_the_root_token_works(pgp_vault):
 
 
 def test_no_plaintext_share_or_token_in_any_output(pgp_vault):
-    secrets = pgp_vault["plain"] + [pgp_vault["root_token"]] + [t for t in pgp_vault["tokens"].values() if t]
-    assert len(secrets) >= SHARES + 1 + 3
+    # the shares as the operators decrypt them (hex) and in the base64 form sys/unseal takes too
+    shares = pgp_vault["plain"] + [base64.b64encode(bytes.fromhex(p)).decode() for p in pgp_vault["plain"]]
+    secrets = shares + [pgp_vault["root_token"]] + [t for t in pgp_vault["tokens"].values() if t]
+    assert len(secrets) >= 2 * SHARES + 1 + 3
     for name, r in pgp_vault["runs"].items():
         for s in secrets:
             assert s not in r["output"], f"a secret ({len(s)} chars) is in the output of run {name}"
