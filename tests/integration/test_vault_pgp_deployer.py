@@ -46,7 +46,7 @@ from tests.testbed.openbao import OpenBao
 pytestmark = [pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
-HOST = "bao-pgp"  # the inventory host and the Raft node id
+HOST = "bao-pgp"  # the inventory host (the only one of vault_group)
 OPERATORS = ("op1", "op2", "op3")
 SHARES, THRESHOLD = 3, 2
 ROLE_FILES = ["assert.yml", "status.yml", "init.yml", "unseal.yml"]
