@@ -3,6 +3,13 @@
 What is real: kube-apiserver (cordon, drain through the Eviction API, Node patches), Prometheus
 (scraping every second, the gate's PromQL over /api/v1/query), ansible-playbook with the role.
 
+Cost: four playbook runs on the bed, each a module fixture the next builds on, each proving
+several properties (check; converge of the preinstalled nodes then the operator nodes until the
+short one stops it; re-run of the operator nodes; the whole group once more). The bed runs use
+the lab's Mitogen strategy (scripts/lab-ansible, docs/lab.md: one interpreter for the run instead
+of one per task; half the CPU here); the offline runs use the stock strategy. Every node of a run
+carries its mode as a host var (gsu-pre-*: preinstalled, gsu-op-*: operator).
+
 What is FAKE, and why (hardware and what runs on it; nothing of it is product code):
 
 - the GPU nodes: kwok nodes advertising ``nvidia.com/gpu`` (tests/testbed/k8s.py); a node whose
@@ -27,14 +34,16 @@ from __future__ import annotations
 
 import http.server
 import json
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.integration.test_platform_helm import inventory, run
+from tests.integration.test_platform_helm import run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -103,40 +112,64 @@ class FakeDcgmExporter:
 class DriverStandIn(threading.Thread):
     """Stand-in for GPU feature discovery and the GPU operator's upgrade controller (neither runs
     here): on a node of ``nodes`` that the playbook has cordoned and that is not at the target yet,
-    it sets the driver label (and, in operator mode, the upgrade state, through validation-required
-    to upgrade-done). Records every node it saw cordoned and the most cordoned at one time."""
+    it sets the driver label (and, on a node of ``operator``, the upgrade state, through
+    validation-required to upgrade-done). Records every node it saw cordoned and the most cordoned
+    at one time. Event-driven (a watch on the test's nodes, re-listed every second), so it reacts
+    within milliseconds of a cordon and costs nothing while nothing changes."""
 
-    def __init__(self, k8s, nodes, operator: bool):
+    def __init__(self, k8s, nodes, operator=()):
         super().__init__(daemon=True)
-        self.k8s, self.nodes, self.operator = k8s, list(nodes), operator
+        self.k8s, self.nodes, self.operator = k8s, list(nodes), set(operator)
         self.seen: list = []
         self.max_cordoned = 0
+        self.cordoned: dict = {}
         self.halt = threading.Event()
+        self.ready = threading.Event()
+
+    def _on(self, core, node):
+        name = node.metadata.name
+        if name not in self.nodes:
+            return
+        labels = node.metadata.labels or {}
+        self.cordoned[name] = bool(node.spec.unschedulable)
+        self.max_cordoned = max(self.max_cordoned, sum(self.cordoned.values()))
+        if not node.spec.unschedulable:
+            return
+        if name not in self.seen:
+            self.seen.append(name)
+        operator = name in self.operator
+        if labels.get(DRIVER_LABEL) == NEW and (not operator or labels.get(STATE_LABEL) == "upgrade-done"):
+            return
+        if operator and labels.get(STATE_LABEL) != "validation-required":
+            new = {STATE_LABEL: "validation-required"}
+        else:
+            new = {DRIVER_LABEL: NEW, STATE_LABEL: "upgrade-done"} if operator else {DRIVER_LABEL: NEW}
+        core.patch_node(name, {"metadata": {"labels": new}})   # its event brings the next step
 
     def run(self):
-        from kubernetes import client
+        from kubernetes import client, watch
         with self.k8s.api_client() as api:
             core = client.CoreV1Api(api)
             deadline = time.monotonic() + LIFETIME
             while not self.halt.is_set() and time.monotonic() < deadline:
-                cordoned = 0
-                for name in self.nodes:
-                    node = core.read_node(name)
-                    labels = node.metadata.labels or {}
-                    if not node.spec.unschedulable:
-                        continue
-                    cordoned += 1
-                    if name not in self.seen:
-                        self.seen.append(name)
-                    if labels.get(DRIVER_LABEL) == NEW and (not self.operator or labels.get(STATE_LABEL) == "upgrade-done"):
-                        continue
-                    if self.operator and labels.get(STATE_LABEL) != "validation-required":
-                        new = {STATE_LABEL: "validation-required"}
-                    else:
-                        new = {DRIVER_LABEL: NEW, STATE_LABEL: "upgrade-done"} if self.operator else {DRIVER_LABEL: NEW}
-                    core.patch_node(name, {"metadata": {"labels": new}})
-                self.max_cordoned = max(self.max_cordoned, cordoned)
-                self.halt.wait(0.5)
+                listed = core.list_node(label_selector="gpuops.io/gsu-test=true")
+                for node in listed.items:
+                    self._on(core, node)
+                self.ready.set()
+                w = watch.Watch()
+                try:
+                    for ev in w.stream(core.list_node, label_selector="gpuops.io/gsu-test=true",
+                                       resource_version=listed.metadata.resource_version, timeout_seconds=1):
+                        if ev["type"] in ("ADDED", "MODIFIED"):
+                            self._on(core, ev["object"])
+                        if self.halt.is_set():
+                            w.stop()
+                except client.ApiException:     # e.g. 410 Gone: list again
+                    continue
+
+    def start(self):
+        super().start()
+        self.ready.wait(timeout=30)
 
     def stop(self):
         self.halt.set()
@@ -155,25 +188,43 @@ def _hosts(doc_stdout: str) -> dict:
     return {"tasks": out, "stats": doc.get("stats", {})}
 
 
-def _play(bed, name, mode, nodes, check=False, **extra):
+def _inventory(path: Path, gpu_hosts: dict) -> Path:
+    """localhost plus the FAKE GPU hosts in the order given (serial: 1 takes them in file order;
+    test_platform_helm.inventory sorts them by name, and gsu-pre-10 sorts before gsu-pre-9)."""
+    inv = {"all": {"hosts": {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}},
+                   "children": {"gpu_nodes": {"hosts": gpu_hosts}}}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(inv, sort_keys=False))
+    return path
+
+
+def _play(bed, name, nodes, check=False, **extra):
+    """One ansible-playbook run over ``nodes`` (in that order), each in its bed's mode (a host var:
+    gsu-pre-* preinstalled, gsu-op-* operator), with the lab's Mitogen strategy (docs/lab.md; the
+    offline test runs the stock one)."""
     xvars = {"gpuops_kubeconfig": bed["k8s"].kubeconfig, "gpu_stack_upgrade_driver_version": NEW,
-             "gpu_stack_upgrade_mode": mode, "gpu_stack_upgrade_package_step": False,
-             "gpu_stack_upgrade_set_chart_values": False,
+             "gpu_stack_upgrade_package_step": False, "gpu_stack_upgrade_set_chart_values": False,
              "gpuops_prometheus_url": bed["prom"].url,
-             "gpu_stack_upgrade_gate_timeout": 4, "gpu_stack_upgrade_gate_delay": 1,
+             # a failing gate: probed, one retry after 1 s, then the stop (a healthy one passes at once)
+             "gpu_stack_upgrade_gate_timeout": 1, "gpu_stack_upgrade_gate_delay": 1,
              "gpu_stack_upgrade_poll_delay": 1, "gpu_stack_upgrade_operator_timeout": 30,
              "gpu_stack_upgrade_driver_label_timeout": 30, "gpu_stack_upgrade_drain_timeout": 20,
              "gpu_stack_upgrade_drain_retries": 1, "gpu_stack_upgrade_drain_delay": 1}
     xvars.update(extra)
     work = bed["work"] / name
-    inv = inventory(work / "hosts.yml", {n: {"gpuops_gpu": {"product": "NVIDIA-H100-80GB-HBM3", "count": GPUS}}
-                                         for n in nodes})
-    standin = DriverStandIn(bed["k8s"], nodes, operator=(mode == "operator"))
+    inv = _inventory(work / "hosts.yml", {
+        n: {"gpuops_gpu": {"product": "NVIDIA-H100-80GB-HBM3", "count": GPUS},
+            "gpu_stack_upgrade_mode": "operator" if n in bed["op"] else "preinstalled"} for n in nodes})
+    standin = DriverStandIn(bed["k8s"], nodes, operator=[n for n in nodes if n in bed["op"]])
     standin.start()
     try:
-        r = run(PLAYBOOK, work, inv, xvars, check=check, timeout=300)
+        with pytest.MonkeyPatch.context() as mp:    # run() hands os.environ to ansible-playbook
+            mp.setenv("ANSIBLE_STRATEGY_PLUGINS", str(REPO / "scripts" / "lab-ansible" / "strategy_plugins"))
+            mp.setenv("ANSIBLE_STRATEGY", "gpuops_mitogen_linear")
+            r = run(PLAYBOOK, work, inv, xvars, check=check, timeout=300)
     finally:
         standin.stop()
+    (work / "stdout.json").write_text(r["stdout"])
     r.update(_hosts(r["stdout"]) if "{" in r["stdout"] else {"tasks": {}, "stats": {}})
     r["standin"] = standin
     print(f"gpu_stack_upgrade run {name}: rc={r['rc']} wall={r['wall']}s cpu={r['cpu']}s "
@@ -258,64 +309,107 @@ def bed(k8s, prometheus_factory, tmp_path_factory):
         print(f"gpu_stack_upgrade: {len(total)} playbook runs, {sum(total):.1f} s CPU in ansible-playbook")
 
 
+# -- four playbook runs, each a module fixture that the next one builds on; the tests assert on them --
+# check (a node of each mode) -> converge (the preinstalled nodes, then the operator nodes until the
+# short one stops the run) -> re-run of the operator nodes (a DCGM XID stops the last) -> the XID
+# cleared: the preinstalled nodes' second run, with the last operator node's third.
+@pytest.fixture(scope="module")
+def check_run(bed):
+    before = _nodes(bed, bed["pre"] + bed["op"])
+    r = _play(bed, "check", [bed["pre"][0], bed["op"][0]], check=True)   # one node of each mode
+    r["before"], r["after"] = before, _nodes(bed, bed["pre"] + bed["op"])
+    return r
+
+
+@pytest.fixture(scope="module")
+def converge_run(bed, check_run):
+    _fake_allocatable(bed, bed["op"][1], 4)   # FAKE: four GPUs of the middle operator node fell off the bus
+    r = _play(bed, "converge", bed["pre"] + bed["op"])
+    r["after"] = _nodes(bed, bed["pre"] + bed["op"])
+    return r
+
+
+@pytest.fixture(scope="module")
+def rerun_run(bed, converge_run):
+    first, short, last = bed["op"]
+    _fake_allocatable(bed, short, GPUS)     # the GPUs are back
+    bed["exporter"].health[last]["xid"] = 79   # FAKE: XID 79, GPU fallen off the bus
+    bed["prom"].wait_for_series(f'DCGM_FI_DEV_XID_ERRORS{{Hostname="{last}"}} > 0', timeout=30)
+    r = _play(bed, "op-rerun", bed["op"])
+    r["after"] = _nodes(bed, bed["pre"] + bed["op"])
+    return r
+
+
+@pytest.fixture(scope="module")
+def final_run(bed, rerun_run):
+    last = bed["op"][2]
+    bed["exporter"].health[last]["xid"] = 0   # the XID cleared (the node was looked at)
+    bed["prom"].wait_for_series(f'DCGM_FI_DEV_XID_ERRORS{{Hostname="{last}"}} == 0', timeout=30)
+    # the operator nodes already re-run (the done one skipped) are left out: the last one is this
+    # run's operator node; the preinstalled ones have their second run
+    r = _play(bed, "final", bed["pre"] + [last])
+    r["after"] = _nodes(bed, bed["pre"] + bed["op"])
+    return r
+
+
+DONE = {"driver": NEW, "state": "upgrade-done", "unschedulable": False, "mark": None, "allocatable": str(GPUS)}
+UNTOUCHED = dict(DONE, driver=OLD)
+
+
 # -- preinstalled mode: check mode, one by one, second run ------------------------------------------
-def test_check_mode_changes_nothing(bed):
-    before = _nodes(bed, bed["pre"])
-    r = _play(bed, "pre-check", "preinstalled", bed["pre"], check=True)
+def test_check_mode_changes_nothing(bed, check_run):
+    r = check_run
     assert r["rc"] == 0, _why(r)
-    assert _nodes(bed, bed["pre"]) == before
-    assert all(not b["unschedulable"] and b["driver"] == OLD and b["mark"] is None for b in before.values())
+    assert r["after"] == r["before"]
+    assert all(b == UNTOUCHED for b in r["before"].values()), r["before"]
     assert r["standin"].seen == []          # never cordoned
+    assert sorted(r["stats"]) == sorted([bed["pre"][0], bed["op"][0]]), r["stats"]   # both had their turn
+    for n in r["stats"]:
+        assert r["stats"][n]["failures"] == 0 and r["stats"][n]["unreachable"] == 0, (n, r["stats"][n])
 
 
-def test_healthy_nodes_are_upgraded_one_by_one_and_uncordoned(bed):
-    r = _play(bed, "pre-first", "preinstalled", bed["pre"])
-    assert r["rc"] == 0, _why(r)
-    after = _nodes(bed, bed["pre"])
-    for n, s in after.items():
-        assert s == {"driver": NEW, "state": "upgrade-done", "unschedulable": False, "mark": None,
-                     "allocatable": str(GPUS)}, (n, s)
-    # serial 1: every node was cordoned in inventory order, never two at once
-    assert r["standin"].seen == bed["pre"] and r["standin"].max_cordoned == 1, r["standin"].__dict__
+def test_healthy_nodes_are_upgraded_one_by_one_and_uncordoned(bed, converge_run):
+    r = converge_run
     for n in bed["pre"]:
-        assert r["stats"][n]["changed"] > 0 and r["stats"][n]["failures"] == 0
+        assert r["after"][n] == DONE, (n, r["after"][n])
+        assert r["stats"][n]["changed"] > 0 and r["stats"][n]["failures"] == 0, (n, r["stats"][n], _why(r))
+        assert not [m for m in _messages(r, n) if "STOPPED" in m], _messages(r, n)
+    # serial 1: every node was cordoned in inventory order, never two at once (the run then went on
+    # to the operator nodes, see the next test)
+    assert r["standin"].seen[:3] == bed["pre"] and r["standin"].max_cordoned == 1, r["standin"].__dict__
 
 
-def test_second_run_skips_every_node_and_changes_nothing(bed):
-    r = _play(bed, "pre-second", "preinstalled", bed["pre"])
+def test_second_run_skips_every_node_and_changes_nothing(bed, final_run):
+    r = final_run
     assert r["rc"] == 0, _why(r)
     for n in bed["pre"]:
         assert r["stats"][n]["changed"] == 0, (n, r["stats"][n])
         assert any(f"{n} is already at driver {NEW} and healthy" in m and "skipped" in m for m in _messages(r, n))
-    assert r["standin"].seen == []
+        assert r["after"][n] == DONE, (n, r["after"][n])
+    assert not set(r["standin"].seen) & set(bed["pre"]), r["standin"].seen
 
 
 # -- operator mode (the stand-in plays the operator): a short node stops the run; re-runs resume ------
-def test_node_short_of_gpus_stops_the_run_left_cordoned_next_untouched(bed):
+def test_node_short_of_gpus_stops_the_run_left_cordoned_next_untouched(bed, converge_run):
     first, short, last = bed["op"]
-    _fake_allocatable(bed, short, 4)        # FAKE: four GPUs fell off the bus after the upgrade
-    r = _play(bed, "op-short", "operator", bed["op"])
+    r = converge_run
     assert r["rc"] != 0, _why(r)
     stop = [m for m in _messages(r, short) if "GPU STACK UPGRADE STOPPED" in m]
     assert stop, _why(r)
     assert f"STOPPED on {short}" in stop[0] and "failed the health gate" in stop[0], stop[0]
     assert f"allocatable nvidia.com/gpu 4 (inventory: {GPUS})" in stop[0] and "LEFT CORDONED" in stop[0], stop[0]
-    s = _nodes(bed, bed["op"])
-    assert s[first] == {"driver": NEW, "state": "upgrade-done", "unschedulable": False, "mark": None,
-                        "allocatable": str(GPUS)}, s[first]
+    s = r["after"]
+    assert s[first] == DONE, s[first]
+    assert r["stats"][first]["changed"] > 0 and r["stats"][first]["failures"] == 0, r["stats"][first]
     assert s[short]["unschedulable"] and s[short]["mark"] == "cordoned", s[short]
-    assert s[last] == {"driver": OLD, "state": "upgrade-done", "unschedulable": False, "mark": None,
-                       "allocatable": str(GPUS)}, s[last]
+    assert s[last] == UNTOUCHED, s[last]
     assert "Read the node" not in [t for t, _res in r["tasks"].get(last, [])]   # its turn never came
-    assert r["standin"].seen == [first, short]
+    assert r["standin"].seen == bed["pre"] + [first, short] and r["standin"].max_cordoned == 1, r["standin"].__dict__
 
 
-def test_rerun_skips_the_done_node_and_a_dcgm_xid_stops_the_next(bed):
+def test_rerun_skips_the_done_node_and_a_dcgm_xid_stops_the_next(bed, rerun_run):
     first, short, last = bed["op"]
-    _fake_allocatable(bed, short, GPUS)     # the GPUs are back
-    bed["exporter"].health[last]["xid"] = 79   # FAKE: XID 79, GPU fallen off the bus
-    bed["prom"].wait_for_series(f'DCGM_FI_DEV_XID_ERRORS{{Hostname="{last}"}} > 0', timeout=30)
-    r = _play(bed, "op-rerun", "operator", bed["op"])
+    r = rerun_run
     assert r["rc"] != 0, _why(r)
     assert r["stats"][first]["changed"] == 0
     assert any(f"{first} is already at driver {NEW} and healthy" in m for m in _messages(r, first))
@@ -323,15 +417,18 @@ def test_rerun_skips_the_done_node_and_a_dcgm_xid_stops_the_next(bed):
     stop = [m for m in _messages(r, last) if "GPU STACK UPGRADE STOPPED" in m]
     assert stop and f"STOPPED on {last}" in stop[0], _why(r)
     assert "DCGM: 1 GPU(s) with DCGM_FI_DEV_XID_ERRORS > 0" in stop[0] and "LEFT CORDONED" in stop[0], stop[0]
-    s = _nodes(bed, bed["op"])
+    s = r["after"]
     assert not s[first]["unschedulable"] and not s[short]["unschedulable"] and s[short]["mark"] is None, s
     assert s[last]["unschedulable"] and s[last]["driver"] == NEW, s[last]
 
-    # the XID cleared (the node was looked at): the third run uncordons it and changes nothing else
-    bed["exporter"].health[last]["xid"] = 0
-    bed["prom"].wait_for_series(f'DCGM_FI_DEV_XID_ERRORS{{Hostname="{last}"}} == 0', timeout=30)
-    r3 = _play(bed, "op-third", "operator", bed["op"])
-    assert r3["rc"] == 0, _why(r3)
-    s = _nodes(bed, bed["op"])
-    assert all(not v["unschedulable"] and v["driver"] == NEW and v["mark"] is None for v in s.values()), s
-    assert r3["standin"].seen in ([], [last])
+
+def test_third_run_uncordons_the_fixed_node_and_changes_nothing_else(bed, final_run):
+    last = bed["op"][2]
+    r = final_run
+    assert r["rc"] == 0, _why(r)
+    assert all(v == DONE for v in r["after"].values()), r["after"]
+    assert r["stats"][last]["changed"] > 0, r["stats"][last]
+    assert all(r["stats"][n]["changed"] == 0 for n in bed["pre"]), r["stats"]
+    assert any(f"{last} is already at driver {NEW} and healthy" in m and "uncordoned now" in m
+               for m in _messages(r, last)), _messages(r, last)
+    assert r["standin"].seen in ([], [last])
