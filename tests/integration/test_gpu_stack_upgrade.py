@@ -7,7 +7,8 @@ Cost: four playbook runs on the bed, each a module fixture the next builds on, e
 several properties (check; converge of the preinstalled nodes then the operator nodes until the
 short one stops it; re-run of the operator nodes; the whole group once more). The bed runs use
 the lab's Mitogen strategy (scripts/lab-ansible, docs/lab.md: one interpreter for the run instead
-of one per task; half the CPU here); the offline runs use the stock strategy. Every node of a run
+of one per task; half the CPU here; GPUOPS_LAB_MITOGEN=0 gives the stock one, as in the lab); the
+offline runs use the stock strategy. Every node of a run
 carries its mode as a host var (gsu-pre-*: preinstalled, gsu-op-*: operator).
 
 What is FAKE, and why (hardware and what runs on it; nothing of it is product code):
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import sys
 import threading
 import time
@@ -219,8 +221,9 @@ def _play(bed, name, nodes, check=False, **extra):
     standin.start()
     try:
         with pytest.MonkeyPatch.context() as mp:    # run() hands os.environ to ansible-playbook
-            mp.setenv("ANSIBLE_STRATEGY_PLUGINS", str(REPO / "scripts" / "lab-ansible" / "strategy_plugins"))
-            mp.setenv("ANSIBLE_STRATEGY", "gpuops_mitogen_linear")
+            if os.environ.get("GPUOPS_LAB_MITOGEN", "1") != "0":     # =0: the stock strategy, as in the lab
+                mp.setenv("ANSIBLE_STRATEGY_PLUGINS", str(REPO / "scripts" / "lab-ansible" / "strategy_plugins"))
+                mp.setenv("ANSIBLE_STRATEGY", "gpuops_mitogen_linear")
             r = run(PLAYBOOK, work, inv, xvars, check=check, timeout=300)
     finally:
         standin.stop()
