@@ -193,7 +193,8 @@ def _hosts(doc_stdout: str) -> dict:
 def _inventory(path: Path, gpu_hosts: dict) -> Path:
     """localhost plus the FAKE GPU hosts in the order given (serial: 1 takes them in file order;
     test_platform_helm.inventory sorts them by name, and gsu-pre-10 sorts before gsu-pre-9)."""
-    inv = {"all": {"hosts": {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}},
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inv = {"all": {"hosts": {"localhost": local},
                    "children": {"gpu_nodes": {"hosts": gpu_hosts}}}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(inv, sort_keys=False))
@@ -359,7 +360,7 @@ DONE = {"driver": NEW, "state": "upgrade-done", "unschedulable": False, "mark": 
 UNTOUCHED = dict(DONE, driver=OLD)
 
 
-# -- preinstalled mode: check mode, one by one, second run ------------------------------------------
+# -- check mode (both modes); preinstalled mode: one by one ------------------------------------------
 def test_check_mode_changes_nothing(bed, check_run):
     r = check_run
     assert r["rc"] == 0, _why(r)
@@ -382,17 +383,7 @@ def test_healthy_nodes_are_upgraded_one_by_one_and_uncordoned(bed, converge_run)
     assert r["standin"].seen[:3] == bed["pre"] and r["standin"].max_cordoned == 1, r["standin"].__dict__
 
 
-def test_second_run_skips_every_node_and_changes_nothing(bed, final_run):
-    r = final_run
-    assert r["rc"] == 0, _why(r)
-    for n in bed["pre"]:
-        assert r["stats"][n]["changed"] == 0, (n, r["stats"][n])
-        assert any(f"{n} is already at driver {NEW} and healthy" in m and "skipped" in m for m in _messages(r, n))
-        assert r["after"][n] == DONE, (n, r["after"][n])
-    assert not set(r["standin"].seen) & set(bed["pre"]), r["standin"].seen
-
-
-# -- operator mode (the stand-in plays the operator): a short node stops the run; re-runs resume ------
+# -- operator mode (the stand-in plays the operator): a short node stops the run; a re-run resumes ----
 def test_node_short_of_gpus_stops_the_run_left_cordoned_next_untouched(bed, converge_run):
     first, short, last = bed["op"]
     r = converge_run
@@ -423,6 +414,17 @@ def test_rerun_skips_the_done_node_and_a_dcgm_xid_stops_the_next(bed, rerun_run)
     s = r["after"]
     assert not s[first]["unschedulable"] and not s[short]["unschedulable"] and s[short]["mark"] is None, s
     assert s[last]["unschedulable"] and s[last]["driver"] == NEW, s[last]
+
+
+# -- the final run: the preinstalled nodes' second, the last operator node's third ----------------------
+def test_second_run_skips_every_node_and_changes_nothing(bed, final_run):
+    r = final_run
+    assert r["rc"] == 0, _why(r)
+    for n in bed["pre"]:
+        assert r["stats"][n]["changed"] == 0, (n, r["stats"][n])
+        assert any(f"{n} is already at driver {NEW} and healthy" in m and "skipped" in m for m in _messages(r, n))
+        assert r["after"][n] == DONE, (n, r["after"][n])
+    assert not set(r["standin"].seen) & set(bed["pre"]), r["standin"].seen
 
 
 def test_third_run_uncordons_the_fixed_node_and_changes_nothing_else(bed, final_run):
