@@ -8,8 +8,8 @@ several properties (check; converge of the preinstalled nodes then the operator 
 short one stops it; re-run of the operator nodes; the whole group once more). The bed runs use
 the lab's Mitogen strategy (scripts/lab-ansible, docs/lab.md: one interpreter for the run instead
 of one per task; half the CPU here; GPUOPS_LAB_MITOGEN=0 gives the stock one, as in the lab); the
-offline runs use the stock strategy. Every node of a run
-carries its mode as a host var (gsu-pre-*: preinstalled, gsu-op-*: operator).
+offline runs use the stock strategy. Every node of a run carries its mode as a host var (gsu-pre-*:
+preinstalled, gsu-op-*: operator).
 
 What is FAKE, and why (hardware and what runs on it; nothing of it is product code):
 
