@@ -208,8 +208,8 @@ def _play(bed, name, nodes, check=False, **extra):
     xvars = {"gpuops_kubeconfig": bed["k8s"].kubeconfig, "gpu_stack_upgrade_driver_version": NEW,
              "gpu_stack_upgrade_package_step": False, "gpu_stack_upgrade_set_chart_values": False,
              "gpuops_prometheus_url": bed["prom"].url,
-             # a failing gate: probed, one retry after 1 s, then the stop (a healthy one passes at once)
-             "gpu_stack_upgrade_gate_timeout": 1, "gpu_stack_upgrade_gate_delay": 1,
+             # a healthy gate passes at its first probe; 4 s of retries ride out a missed 1 s scrape
+             "gpu_stack_upgrade_gate_timeout": 4, "gpu_stack_upgrade_gate_delay": 1,
              "gpu_stack_upgrade_poll_delay": 1, "gpu_stack_upgrade_operator_timeout": 30,
              "gpu_stack_upgrade_driver_label_timeout": 30, "gpu_stack_upgrade_drain_timeout": 20,
              "gpu_stack_upgrade_drain_retries": 1, "gpu_stack_upgrade_drain_delay": 1}
