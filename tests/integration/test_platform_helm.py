@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.testbed.common import SHARED, free_port, kill_group, private_stdin, require_binary
+from tests.testbed.common import (SHARED, free_port, json_callback_results, kill_group, private_stdin,
+                                  require_binary)
 
 # the module fixture runs the platform playbook three times (helm --wait on a loaded 2-core box)
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -102,17 +103,10 @@ def run(playbook: Path, workdir: Path, inventory: Path, extra_vars: dict, check=
     out = {"rc": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr, "tasks": {}, "stats": {},
            "wall": round(time.monotonic() - t0, 1),
            "cpu": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)}
-    try:
-        doc = json.loads(proc.stdout[proc.stdout.index("{"):])
-    except ValueError:
+    parsed = json_callback_results(proc.stdout, "localhost")
+    if parsed is None:
         return out
-    for play in doc.get("plays", []):
-        for task in play.get("tasks", []):
-            res = (task.get("hosts") or {}).get("localhost")
-            if res is not None:
-                # "gpuops.cluster.istio : Istio namespaces" -> "Istio namespaces"
-                out["tasks"].setdefault(task["task"]["name"].split(" : ", 1)[-1], []).append(res)
-    out["stats"] = (doc.get("stats") or {}).get("localhost", {})
+    out["tasks"], out["stats"] = parsed
     return out
 
 

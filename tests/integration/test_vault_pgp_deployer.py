@@ -40,7 +40,7 @@ import jinja2
 import pytest
 import yaml
 
-from tests.testbed.common import private_stdin, require_binary
+from tests.testbed.common import json_callback_results, private_stdin, require_binary
 from tests.testbed.openbao import OpenBao
 
 pytestmark = [pytest.mark.integration]
@@ -119,16 +119,10 @@ def _run(work: Path, name: str, playbook: str, extra_vars: dict) -> dict:
     out = {"rc": proc.returncode, "output": proc.stdout + proc.stderr, "tasks": {}, "stats": {},
            "wall": round(time.monotonic() - t0, 1),
            "cpu": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)}
-    try:
-        doc = json.loads(proc.stdout[proc.stdout.index("{"):])
-    except ValueError:
+    parsed = json_callback_results(proc.stdout, HOST)
+    if parsed is None:
         return out
-    for play in doc.get("plays", []):
-        for task in play.get("tasks", []):
-            res = (task.get("hosts") or {}).get(HOST)
-            if res is not None:
-                out["tasks"].setdefault(task["task"]["name"].split(" : ", 1)[-1], []).append(res)
-    out["stats"] = (doc.get("stats") or {}).get(HOST, {})
+    out["tasks"], out["stats"] = parsed
     return out
 
 

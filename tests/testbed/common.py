@@ -276,3 +276,21 @@ def stop_from_state(workdir: Path) -> bool:
         kill_group(int(p["pid"]))
     state_file.unlink()
     return True
+
+
+def json_callback_results(stdout: str, host: str):
+    """Parse the ansible.posix.json callback's output of one ansible-playbook run: every result of
+    ``host`` as ``{task name without its role prefix: [result, ...]}`` and the host's stats, or None
+    when the output holds no JSON document (ansible-playbook failed before the callback wrote it)."""
+    try:
+        doc = json.loads(stdout[stdout.index("{"):])
+    except ValueError:
+        return None
+    tasks = {}
+    for play in doc.get("plays", []):
+        for task in play.get("tasks", []):
+            res = (task.get("hosts") or {}).get(host)
+            if res is not None:
+                # "gpuops.cluster.istio : Istio namespaces" -> "Istio namespaces"
+                tasks.setdefault(task["task"]["name"].split(" : ", 1)[-1], []).append(res)
+    return tasks, (doc.get("stats") or {}).get(host, {})
