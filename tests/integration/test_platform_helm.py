@@ -15,7 +15,6 @@ import base64
 import datetime
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -25,8 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.testbed.common import (SHARED, free_port, json_callback_results, kill_group, private_stdin,
-                                  require_binary)
+from tests.testbed.common import (SHARED, free_port, kill_group, private_stdin, require_binary,
+                                  run_json_playbook)
 
 # the module fixture runs the platform playbook three times (helm --wait on a loaded 2-core box)
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -93,20 +92,8 @@ def run(playbook: Path, workdir: Path, inventory: Path, extra_vars: dict, check=
     argv = ["timeout", str(timeout), "ansible-playbook", "-i", str(inventory), str(playbook), "-e", f"@{vars_file}"]
     if check:
         argv += ["--check", "--diff"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.monotonic()
-    with private_stdin() as stdin:
-        proc = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, env=env, cwd=str(workdir),
-                              check=False)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    OUTPUTS.append(proc.stdout + proc.stderr)
-    out = {"rc": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr, "tasks": {}, "stats": {},
-           "wall": round(time.monotonic() - t0, 1),
-           "cpu": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)}
-    parsed = json_callback_results(proc.stdout, "localhost")
-    if parsed is None:
-        return out
-    out["tasks"], out["stats"] = parsed
+    out = run_json_playbook(argv, env, workdir, "localhost")
+    OUTPUTS.append(out["stdout"] + out["stderr"])
     return out
 
 

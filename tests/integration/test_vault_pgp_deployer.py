@@ -28,19 +28,17 @@ from __future__ import annotations
 import base64
 import json
 import os
-import resource
 import shutil
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jinja2
 import pytest
 import yaml
 
-from tests.testbed.common import json_callback_results, private_stdin, require_binary
+from tests.testbed.common import require_binary, run_json_playbook
 from tests.testbed.openbao import OpenBao
 
 pytestmark = [pytest.mark.integration]
@@ -111,18 +109,8 @@ def _run(work: Path, name: str, playbook: str, extra_vars: dict) -> dict:
                ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_LOCALHOST_WARNING="0")
     argv = ["timeout", "600", "ansible-playbook", "-i", str(work / "hosts.yml"), str(work / playbook),
             "-e", f"@{vars_file}"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.monotonic()
-    with private_stdin() as stdin:
-        proc = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, env=env, cwd=str(d), check=False)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = {"rc": proc.returncode, "output": proc.stdout + proc.stderr, "tasks": {}, "stats": {},
-           "wall": round(time.monotonic() - t0, 1),
-           "cpu": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)}
-    parsed = json_callback_results(proc.stdout, HOST)
-    if parsed is None:
-        return out
-    out["tasks"], out["stats"] = parsed
+    out = run_json_playbook(argv, env, d, HOST)
+    out["output"] = out["stdout"] + out["stderr"]
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -294,3 +295,23 @@ def json_callback_results(stdout: str, host: str):
                 # "gpuops.cluster.istio : Istio namespaces" -> "Istio namespaces"
                 tasks.setdefault(task["task"]["name"].split(" : ", 1)[-1], []).append(res)
     return tasks, (doc.get("stats") or {}).get(host, {})
+
+
+def run_json_playbook(argv: list, env: dict, cwd, host: str) -> dict:
+    """Run one ansible-playbook (``argv``; ``env`` selects the ansible.posix.json callback) on its own
+    /dev/null stdin: rc, stdout, stderr, ``host``'s results by task name and its stats
+    (json_callback_results; empty when the run wrote no JSON), wall and CPU seconds (the run's
+    children included)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    with private_stdin() as stdin:
+        proc = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, env=env, cwd=str(cwd),
+                              check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = {"rc": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr, "tasks": {}, "stats": {},
+           "wall": round(time.monotonic() - t0, 1),
+           "cpu": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)}
+    parsed = json_callback_results(proc.stdout, host)
+    if parsed is not None:
+        out["tasks"], out["stats"] = parsed
+    return out
