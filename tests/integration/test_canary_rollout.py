@@ -464,8 +464,16 @@ def test_a_promotion_whose_stable_never_gets_ready_restores_the_previous_templat
     ns = setup_app(app, version)
     ts.register(version)
     # stable 1 + canary 1 fit; a third pod (the stable's surge with the new template) does not
-    kubernetes.client.CoreV1Api(client).create_namespaced_resource_quota(ns, {
+    core = kubernetes.client.CoreV1Api(client)
+    core.create_namespaced_resource_quota(ns, {
         "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "two-pods"}, "spec": {"hard": {"pods": "2"}}})
+    # the quota admission plugin enforces only what the quota's status lists: until the controller
+    # manager has computed status.hard and status.used, every pod is admitted (under load that took
+    # longer than the rollout's first step, and the surge pod got in)
+    def enforced():
+        status = core.read_namespaced_resource_quota("two-pods", ns).status
+        return bool(status and (status.hard or {}).get("pods") == "2" and "pods" in (status.used or {}))
+    cs.wait_until(enforced, 60, "the ResourceQuota's status (hard and used) to be computed")
     load = cs.LoadGenerator(client, ns, app, sender(ts), rps=20)
     load.start()
     try:
