@@ -177,7 +177,11 @@ class VM(Component):
         return path
 
     def playbook(self, playbook: str, inventory: Path, extra_vars: Optional[dict] = None,
-                 check: bool = False, tag: str = "run", timeout: float = 1200) -> PlaybookResult:
+                 check: bool = False, tag: str = "run", timeout: float = 1200,
+                 mitogen: bool = False) -> PlaybookResult:
+        """ansible-playbook against the guest. ``mitogen``: the lab's Mitogen strategy
+        (scripts/lab-ansible), one Python in the guest for the whole run instead of one per task
+        (a Python start costs ~8 s of emulated CPU under TCG); GPUOPS_VM_MITOGEN=0 turns it off."""
         argv = [str(Path(os.environ.get("GPUOPS_VENV", str(CACHE / "venv"))) / "bin" / "ansible-playbook"),
                 "-i", str(inventory), str(PLAYBOOKS / playbook)]
         if extra_vars:
@@ -201,6 +205,9 @@ class VM(Component):
             "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
             "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "25",
         })
+        if mitogen and os.environ.get("GPUOPS_VM_MITOGEN", "1") != "0":
+            env.update({"ANSIBLE_STRATEGY_PLUGINS": str(REPO / "scripts" / "lab-ansible" / "strategy_plugins"),
+                        "ANSIBLE_STRATEGY": "gpuops_mitogen_linear"})
         t0 = time.monotonic()
         log = self.workdir / f"ansible-{tag}.log"
         # streamed to the log file so a slow run can be followed with tail -f

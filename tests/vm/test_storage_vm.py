@@ -107,7 +107,7 @@ def test_storage_guard_force_build_and_idempotence(vm):
         assert pv_map(vm) == {}
 
     # 1. without the force flag: refuses every device with data, by whatever name, touches nothing
-    r = vm.playbook("storage.yml", inv, storage_vars(devs, paths=paths), tag="refuse")
+    r = vm.playbook("storage.yml", inv, storage_vars(devs, paths=paths), tag="refuse", mitogen=True)
     assert r.rc != 0 and r.stats()["failed"] == 1, r.output[-3000:]
     assert f"{a1} carries ext4" in r.output and "storage_force_wipe_devices" in r.output, r.output[-3000:]
     assert f"{b0} carries" in r.output
@@ -117,7 +117,7 @@ def test_storage_guard_force_build_and_idempotence(vm):
     # 2. the issue 8 case: every other dirty disk forced, the by-id one not. Before the fix the guard
     # looked the by-id name up in the probe's lsblk-keyed signatures, found nothing, called it clean,
     # and community.general.lvg ran pvcreate -f on it (changed, ext4 gone).
-    r = vm.playbook("storage.yml", inv, storage_vars(devs, [a1, b0], paths=paths), tag="refuse-by-id")
+    r = vm.playbook("storage.yml", inv, storage_vars(devs, [a1, b0], paths=paths), tag="refuse-by-id", mitogen=True)
     assert r.rc != 0 and r.stats()["failed"] == 1, r.output[-3000:]
     assert f"{c0_id} (-> {c0}) carries ext4" in r.output, r.output[-3000:]
     assert f"{a1} carries" not in r.output
@@ -131,7 +131,7 @@ def test_storage_guard_force_build_and_idempotence(vm):
     try:
         r = vm.playbook("storage.yml", inv, storage_vars(devs, force, paths=paths, extra_vgs=[
             {"name": "vg_bad", "devices": ["/dev/mapper/gpuops_bad", "/dev/disk/by-id/nvme-gpuops-no-such-disk"]}]),
-            tag="refuse-unreadable")
+            tag="refuse-unreadable", mitogen=True)
     finally:
         vm.ssh("dmsetup remove gpuops_bad", check=True)
     assert r.rc != 0 and r.stats()["failed"] == 1, r.output[-3000:]
@@ -141,7 +141,7 @@ def test_storage_guard_force_build_and_idempotence(vm):
     untouched()
 
     # 4. check mode with the force flag: lists the destructive steps as such, still touches nothing
-    r = vm.playbook("storage.yml", inv, storage_vars(devs, force, paths=paths), check=True, tag="check-first")
+    r = vm.playbook("storage.yml", inv, storage_vars(devs, force, paths=paths), check=True, tag="check-first", mitogen=True)
     assert r.rc == 0, r.output[-3000:]
     assert r.stats()["changed"] > 0
     for line in (f"WOULD WIPE {c0} (given as {c0_id}; signatures ext4",
@@ -156,7 +156,7 @@ def test_storage_guard_force_build_and_idempotence(vm):
     # 5. with the force flag: builds everything
     t0 = time.monotonic()
     # under TCG on a loaded host the first converge (incl. update-initramfs) has taken 1032 s
-    r = vm.playbook("storage.yml", inv, storage_vars(devs, force, paths=paths), tag="converge", timeout=2400)
+    r = vm.playbook("storage.yml", inv, storage_vars(devs, force, paths=paths), tag="converge", mitogen=True, timeout=2400)
     record_timing("storage_converge", time.monotonic() - t0)
     assert r.rc == 0, r.output[-5000:]
     assert r.stats()["changed"] > 0
@@ -189,13 +189,13 @@ def test_storage_guard_force_build_and_idempotence(vm):
 
     # 6. second converge: nothing to do (symlink names compare equal to the PVs LVM reports)
     t0 = time.monotonic()
-    r = vm.playbook("storage.yml", inv, storage_vars(devs, force, paths=paths), tag="idempotent")
+    r = vm.playbook("storage.yml", inv, storage_vars(devs, force, paths=paths), tag="idempotent", mitogen=True)
     record_timing("storage_reconverge", time.monotonic() - t0)
     assert r.rc == 0, r.output[-3000:]
     assert r.stats()["changed"] == 0, r.output[-6000:]
 
     # 7. check mode on the converged node: nothing would change, nothing is listed as destructive
-    r = vm.playbook("storage.yml", inv, storage_vars(devs, force, paths=paths), check=True, tag="check-converged")
+    r = vm.playbook("storage.yml", inv, storage_vars(devs, force, paths=paths), check=True, tag="check-converged", mitogen=True)
     assert r.rc == 0, r.output[-3000:]
     assert r.stats()["changed"] == 0, r.output[-6000:]
     assert "WOULD " not in r.output, r.output[-6000:]
