@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark: how Ansible reaches a podman systemd node, side by side in one run on the same node:
 #   containers.podman.podman   (molecule-plugins' podman driver default: podman exec per command)
-#   community.docker.nsenter   (what .config/molecule/config.yml uses: nsenter into the node's namespaces)
+#   community.docker.nsenter   (the stock-strategy connection of .config/molecule/config.yml: nsenter
+#                              into the node's namespaces, one Python per task)
+#   Mitogen over podman        (the default of .config/molecule/config.yml: the lab's
+#                              gpuops_mitogen_linear strategy, one Python per node and run)
 # Runs the same playbook (N stat tasks + one apt-cache policy command) ROUNDS times with each
 # connection, alternating, and prints each wall time and the ratio. No assert: numbers only.
 #
@@ -48,11 +51,18 @@ run() {
 }
 
 echo "node $NODE (pid $pid), $((TASKS + 1)) tasks per run, $ROUNDS rounds, load: $(cut -d' ' -f1-3 /proc/loadavg)"
-tp=0; tn=0
+mitogen() {
+  ANSIBLE_STRATEGY_PLUGINS="$GPUOPS_REPO/scripts/lab-ansible/strategy_plugins" ANSIBLE_STRATEGY=gpuops_mitogen_linear \
+    run -c podman -e ansible_python_interpreter=/usr/bin/python3
+}
+tp=0; tn=0; tm=0
 for r in $(seq "$ROUNDS"); do
   a=$(run -c containers.podman.podman)
   b=$(run -c community.docker.nsenter -e "ansible_nsenter_pid=$pid")
-  printf 'round %s: podman exec %6.1f s   nsenter %6.1f s\n' "$r" "$a" "$b"
+  c=$(mitogen)
+  printf 'round %s: podman exec %6.1f s   nsenter %6.1f s   mitogen %6.1f s\n' "$r" "$a" "$b" "$c"
   tp=$(awk -v x="$tp" -v y="$a" 'BEGIN { print x + y }'); tn=$(awk -v x="$tn" -v y="$b" 'BEGIN { print x + y }')
+  tm=$(awk -v x="$tm" -v y="$c" 'BEGIN { print x + y }')
 done
-printf 'total: podman exec %.1f s, nsenter %.1f s, ratio %.2fx\n' "$tp" "$tn" "$(awk -v x="$tp" -v y="$tn" 'BEGIN { print x / y }')"
+printf 'total: podman exec %.1f s, nsenter %.1f s, mitogen %.1f s; podman exec/nsenter %.2fx, nsenter/mitogen %.2fx\n' \
+  "$tp" "$tn" "$tm" "$(awk -v x="$tp" -v y="$tn" 'BEGIN { print x / y }')" "$(awk -v x="$tn" -v y="$tm" 'BEGIN { print x / y }')"

@@ -58,14 +58,14 @@ def test_network_apply_idempotent_and_rollback(vm):
     inv = vm.write_inventory(GOOD)
 
     # check mode first: reports the change, writes nothing
-    r = vm.playbook("network.yml", inv, check=True, tag="check-first", mitogen=True)
+    r = vm.playbook("network.yml", inv, check=True, tag="check-first")
     assert r.rc == 0, r.output[-4000:]
     assert r.stats()["changed"] > 0
     assert vm.ssh("ls /etc/systemd/network/10-gpuops-* 2>/dev/null | wc -l", check=True).stdout.strip() == "0"
 
     # good config
     t0 = time.monotonic()
-    r = vm.playbook("network.yml", inv, tag="good", mitogen=True)
+    r = vm.playbook("network.yml", inv, tag="good")
     record_timing("network_apply_good", time.monotonic() - t0)
     assert r.rc == 0, r.output[-5000:]
     assert r.stats()["changed"] > 0
@@ -87,10 +87,10 @@ def test_network_apply_idempotent_and_rollback(vm):
     assert vm.ssh("systemctl is-active gpuops-network-rollback.timer").stdout.strip() != "active"
 
     # idempotent
-    r = vm.playbook("network.yml", inv, tag="idempotent", mitogen=True)
+    r = vm.playbook("network.yml", inv, tag="idempotent")
     assert r.rc == 0, r.output[-4000:]
     assert r.stats()["changed"] == 0, r.output[-6000:]
-    r = vm.playbook("network.yml", inv, check=True, tag="check-converged", mitogen=True)
+    r = vm.playbook("network.yml", inv, check=True, tag="check-converged")
     assert r.rc == 0 and r.stats()["changed"] == 0, r.output[-6000:]
 
     # bad config: re-addresses management into a network slirp does not route -> cut, auto-rollback
@@ -99,7 +99,7 @@ def test_network_apply_idempotent_and_rollback(vm):
     bad["gpuops_node_addresses"]["management"]["address"] = "10.0.3.15"
     bad.update(network_rollback_seconds=240, network_reconnect_timeout=90)
     t0 = time.monotonic()
-    r = vm.playbook("network.yml", vm.write_inventory(bad, vm.workdir / "bad.yml"), tag="bad", mitogen=True)
+    r = vm.playbook("network.yml", vm.write_inventory(bad, vm.workdir / "bad.yml"), tag="bad")
     record_timing("network_bad_change_to_rolled_back", time.monotonic() - t0)
     assert r.rc != 0, r.output[-5000:]
     assert "was NOT confirmed" in r.output and "rolled back automatically" in r.output, r.output[-5000:]
@@ -111,5 +111,5 @@ def test_network_apply_idempotent_and_rollback(vm):
     assert "Address=10.0.2.15/24" in conf and "10.0.3.15" not in conf, conf
     assert addrs(vm, "bond0.100") == {"10.10.0.21/24"}
     # and the good config re-applies as a no-op
-    r = vm.playbook("network.yml", inv, tag="after-rollback", mitogen=True)
+    r = vm.playbook("network.yml", inv, tag="after-rollback")
     assert r.rc == 0 and r.stats()["changed"] == 0, r.output[-6000:]

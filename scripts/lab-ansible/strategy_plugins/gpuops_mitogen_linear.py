@@ -5,8 +5,8 @@
 
 Used only by the project's own runs, never by the collection itself (a site runs the stock linear
 strategy over SSH): the lab's entry points (scripts/site-lab, tests/cluster/lab.py; docs/lab.md),
-the molecule scenarios but os_baseline's (.config/molecule/config.yml, molecule/README.md) and the
-QEMU tier's playbooks (tests/vm/harness.py).
+the molecule scenarios but os_baseline's and preflight's (.config/molecule/config.yml,
+molecule/README.md) and the QEMU tier's storage playbooks (tests/vm/harness.py).
 
 Why Mitogen: a converged site run is ~220 tasks x 6 nodes, and with the stock strategy each
 host-task starts a Python on the node that compiles ansible's module_utils from the AnsiballZ zip
