@@ -20,6 +20,8 @@ Runs (one ansible-playbook each, in order):
   again    deployer step again: changed=0, same token, same file.
   replace  after the deployer token was revoked: a new working token replaces it.
   renew    a deployer token with less than half its period left: renewed, kept.
+  missing  the token file deleted: a new working token, kept 0600, nothing revoked.
+  expired  an expired token in the file: replaced by a working one, nothing revoked.
 No run's output holds a decrypted share, the root token or a deployer token.
 """
 
@@ -32,6 +34,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jinja2
@@ -208,14 +211,26 @@ def pgp_vault(tmp_path_factory, keep_logs):
         short = root_client.auth.token.create_orphan(
             policies=["platform-deployer"], no_default_policy=True, period="768h", explicit_max_ttl="24h",
             renewable=True)["auth"]["client_token"]
-        fd = os.open(str(token_file), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(short + "\n")
+        _write_token(token_file, short)
         stats["short"] = token_file.stat()
         runs["renew"] = _run(work, "renew", "deployer.yml", ops_vars)
         tokens.update(short=short, renew=_read_token(token_file))
         stats["renew"] = token_file.stat() if token_file.is_file() else None
         lookups["renew"] = root_client.auth.token.lookup(short)["data"]
+        # the file gone (a new controller, a wiped directory): a new token is made and kept
+        token_file.unlink()
+        runs["missing"] = _run(work, "missing", "deployer.yml", ops_vars)
+        tokens["missing"] = _read_token(token_file)
+        stats["missing"] = token_file.stat() if token_file.is_file() else None
+        # an expired token in the file (explicit max TTL 2 s, waited out until the server refuses it)
+        expired = root_client.auth.token.create_orphan(
+            policies=["platform-deployer"], no_default_policy=True, period="768h", explicit_max_ttl="2s",
+            renewable=True)["auth"]["client_token"]
+        _write_token(token_file, expired)
+        _wait_refused(root_client, expired)
+        runs["expired"] = _run(work, "expired", "deployer.yml", ops_vars)
+        tokens.update(expired=expired, after_expired=_read_token(token_file))
+        stats["after_expired"] = token_file.stat() if token_file.is_file() else None
         for n, r in runs.items():
             print(f"vault pgp/deployer run {n}: rc={r['rc']} wall={r['wall']}s cpu={r['cpu']}s "
                   f"changed={r['stats'].get('changed')}")
@@ -285,10 +300,30 @@ def test_no_plaintext_share_or_token_in_any_output(pgp_vault):
             assert s not in r["output"], f"a secret ({len(s)} chars) is in the output of run {name}"
 
 
+def _write_token(path: Path, token: str) -> None:
+    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+
+
+def _wait_refused(client, token: str, timeout: float = 30.0) -> None:
+    """Until the server refuses to look the token up (expired)."""
+    import hvac
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            client.auth.token.lookup(token)
+        except hvac.exceptions.Forbidden:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the token did not expire within {timeout}s")
+
+
 # -- the deployer token --------------------------------------------------------------------------
 CREATE = "Create the deployer token (orphan, periodic, only the deployer policy)"
 RENEW = "Renew the deployer token (less than half its period left)"
 KEEP = "Keep the deployer token on the controller (0600)"
+REVOKE = "Revoke the token it replaces (one with other policies or period)"
 
 
 def _mode(st) -> int:
@@ -339,3 +374,38 @@ def test_deployer_token_short_of_half_its_period_is_renewed_and_kept(pgp_vault):
     assert pgp_vault["tokens"]["renew"] == pgp_vault["tokens"]["short"]
     assert st["renew"].st_mtime_ns == st["short"].st_mtime_ns and _mode(st["renew"]) == 0o600
     assert pgp_vault["lookups"]["renew"]["last_renewal_time"], pgp_vault["lookups"]["renew"]
+
+
+def _assert_working_deployer_token(pgp_vault, token: str) -> None:
+    import hvac
+    bao = pgp_vault["bao"]
+    me = bao.client(token=pgp_vault["root_token"]).auth.token.lookup(token)["data"]
+    assert me["policies"] == ["platform-deployer"] and me["orphan"] and me["period"] == 768 * 3600, me
+    c = bao.client(token=token)
+    got = c.secrets.kv.v2.read_secret_version(path=INGRESS_PATH, mount_point="secret", raise_on_deleted_version=True)
+    assert got["data"]["data"] == {"tls.crt": pgp_vault["ingress_marker"]}
+    with pytest.raises(hvac.exceptions.Forbidden):
+        c.secrets.kv.v2.read_secret_version(path="torchserve/x", mount_point="secret", raise_on_deleted_version=True)
+
+
+def test_missing_token_file_gets_a_new_working_token(pgp_vault):
+    """The controller lost the file: the role cannot know the old token, so it makes a new one and
+    keeps it 0600 (the old one lives on until its period ends unrenewed)."""
+    r, tokens = pgp_vault["runs"]["missing"], pgp_vault["tokens"]
+    assert r["rc"] == 0 and _changed(r) == [CREATE, KEEP], _brief(r)
+    assert r["tasks"][REVOKE][0].get("skipped"), _brief(r)
+    new = tokens["missing"]
+    assert new and new != tokens["renew"] and _mode(pgp_vault["stats"]["missing"]) == 0o600
+    _assert_working_deployer_token(pgp_vault, new)
+
+
+def test_expired_token_is_replaced_and_not_revoked(pgp_vault):
+    """An expired token in the file (the server refuses to look it up): replaced by a working one;
+    there is nothing to revoke, and the role does not try."""
+    r, tokens = pgp_vault["runs"]["expired"], pgp_vault["tokens"]
+    assert r["rc"] == 0 and _changed(r) == [CREATE, KEEP], _brief(r)
+    assert r["tasks"][REVOKE][0].get("skipped"), _brief(r)
+    new = tokens["after_expired"]
+    assert new and new != tokens["expired"] and _mode(pgp_vault["stats"]["after_expired"]) == 0o600
+    _assert_working_deployer_token(pgp_vault, new)
+
