@@ -455,25 +455,62 @@ def test_a_canary_that_cannot_run_is_never_promoted(bed, setup_app, tmp_path):
 
 
 def test_a_promotion_whose_stable_never_gets_ready_restores_the_previous_template(bed, setup_app, tmp_path):
-    """A ResourceQuota leaves no room for the stable Deployment's surge pod: after the canary's template
-    is copied into it, it never becomes ready. The wait ends after wait_timeout, the previous template
-    is put back (the old ReplicaSet never went away), the stable takes 100 % again, and the result says so."""
+    """An admission policy refuses the stable Deployment's pods with the new version: after the
+    canary's template is copied into it, it never becomes ready. The wait ends after wait_timeout, the
+    previous template is put back (the old ReplicaSet never went away), the stable takes 100 % again,
+    and the result says so.
+
+    A ValidatingAdmissionPolicy, not a ResourceQuota of two pods: the quota controller recomputes
+    `used` from its informer, which under load had not seen the canary's pod yet, and the stable's
+    surge pod got in twice (2026-11-30)."""
     import kubernetes
     _k8s, ts, _prom, client = bed
     app, version = "resnet-quota", "32.0"
     ns = setup_app(app, version)
     ts.register(version)
-    # stable 1 + canary 1 fit; a third pod (the stable's surge with the new template) does not
+    adm = kubernetes.client.AdmissionregistrationV1Api(client)
+    name = f"gpuops-test-refuse-stable-{ns}"
+    ann = cs.VERSION_ANNOTATION
+    adm.create_validating_admission_policy({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                    "operations": ["CREATE"], "resources": ["pods"]}]},
+            "validations": [{
+                "expression": (f"!(has(object.metadata.labels) && has(object.metadata.annotations)"
+                               f" && 'version' in object.metadata.labels && object.metadata.labels['version'] == 'stable'"
+                               f" && '{ann}' in object.metadata.annotations"
+                               f" && object.metadata.annotations['{ann}'] == '{version}')"),
+                "message": f"test: the stable track may not run {version}"}]}})
+    adm.create_validating_admission_policy_binding({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}})
+    try:
+        _run_refused_promotion(client, ns, app, version, ts, bed, tmp_path)
+    finally:
+        adm.delete_validating_admission_policy_binding(name)
+        adm.delete_validating_admission_policy(name)
+
+
+def _run_refused_promotion(client, ns, app, version, ts, bed, tmp_path):
+    import kubernetes
     core = kubernetes.client.CoreV1Api(client)
-    core.create_namespaced_resource_quota(ns, {
-        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "two-pods"}, "spec": {"hard": {"pods": "2"}}})
-    # the quota admission plugin enforces only what the quota's status lists: until the controller
-    # manager has computed status.hard and status.used, every pod is admitted (under load that took
-    # longer than the rollout's first step, and the surge pod got in)
-    def enforced():
-        status = core.read_namespaced_resource_quota("two-pods", ns).status
-        return bool(status and (status.hard or {}).get("pods") == "2" and "pods" in (status.used or {}))
-    cs.wait_until(enforced, 60, "the ResourceQuota's status (hard and used) to be computed")
+    probe = {"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"generateName": "probe-", "labels": {"version": "stable"},
+                          "annotations": {cs.VERSION_ANNOTATION: version}},
+             "spec": {"containers": [{"name": "c", "image": "x"}]}}
+
+    def refused():  # the policy is compiled and bound (the apiserver picks both up from its informers)
+        try:
+            core.create_namespaced_pod(ns, probe, dry_run="All")
+        except kubernetes.client.ApiException as exc:
+            return exc.status in (403, 422) and "may not run" in (exc.body or "")
+        return False
+    cs.wait_until(refused, 60, "the admission policy to refuse the stable track's new pods")
     load = cs.LoadGenerator(client, ns, app, sender(ts), rps=20)
     load.start()
     try:

@@ -207,7 +207,11 @@ class VM(Component):
         })
         if mitogen and os.environ.get("GPUOPS_VM_MITOGEN", "1") != "0":
             env.update({"ANSIBLE_STRATEGY_PLUGINS": str(REPO / "scripts" / "lab-ansible" / "strategy_plugins"),
-                        "ANSIBLE_STRATEGY": "gpuops_mitogen_linear"})
+                        "ANSIBLE_STRATEGY": "gpuops_mitogen_linear",
+                        # Mitogen's connect timeout covers SSH and its bootstrap (a Python start and
+                        # its core's import in the emulated guest), not SSH alone: under load 30 s was
+                        # short once ("Connection timed out" on the first remote task)
+                        "ANSIBLE_TIMEOUT": os.environ.get("GPUOPS_VM_MITOGEN_TIMEOUT", "300")})
         t0 = time.monotonic()
         log = self.workdir / f"ansible-{tag}.log"
         # streamed to the log file so a slow run can be followed with tail -f
