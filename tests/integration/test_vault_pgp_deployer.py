@@ -198,39 +198,39 @@ def pgp_vault(tmp_path_factory, keep_logs):
         tokens = {"made": _read_token(token_file)}
         stats = {"made": token_file.stat() if token_file.is_file() else None}
         lookups = {"made": root_client.auth.token.lookup(tokens["made"])["data"] if tokens["made"] else {}}
-        runs["again"] = _run(work, "again", "deployer.yml", ops_vars)
-        tokens["again"] = _read_token(token_file)
-        stats["again"] = token_file.stat() if token_file.is_file() else None
+        def deployer_run(name, token_key=None):
+            """One deployer.yml run; the token file's token and stat after it, under ``token_key``."""
+            runs[name] = _run(work, name, "deployer.yml", ops_vars)
+            key = token_key or name
+            tokens[key] = _read_token(token_file)
+            stats[key] = token_file.stat() if token_file.is_file() else None
+
+        def deployer_token(max_ttl):
+            """A token as the role makes it, but with an explicit max TTL under its period."""
+            return root_client.auth.token.create_orphan(
+                policies=["platform-deployer"], no_default_policy=True, period="768h", explicit_max_ttl=max_ttl,
+                renewable=True)["auth"]["client_token"]
+
+        deployer_run("again")
         if tokens["again"]:
             root_client.auth.token.revoke(tokens["again"])
-        runs["replace"] = _run(work, "replace", "deployer.yml", ops_vars)
-        tokens["replace"] = _read_token(token_file)
-        stats["replace"] = token_file.stat() if token_file.is_file() else None
+        deployer_run("replace")
         # a deployer token with less than half its period left: an explicit max TTL (24h) under the
         # 768h period makes one without waiting; the role renews it and keeps it
-        short = root_client.auth.token.create_orphan(
-            policies=["platform-deployer"], no_default_policy=True, period="768h", explicit_max_ttl="24h",
-            renewable=True)["auth"]["client_token"]
+        short = deployer_token("24h")
         _write_token(token_file, short)
         stats["short"] = token_file.stat()
-        runs["renew"] = _run(work, "renew", "deployer.yml", ops_vars)
-        tokens.update(short=short, renew=_read_token(token_file))
-        stats["renew"] = token_file.stat() if token_file.is_file() else None
+        tokens["short"] = short
+        deployer_run("renew")
         lookups["renew"] = root_client.auth.token.lookup(short)["data"]
         # the file gone (a new controller, a wiped directory): a new token is made and kept
         token_file.unlink()
-        runs["missing"] = _run(work, "missing", "deployer.yml", ops_vars)
-        tokens["missing"] = _read_token(token_file)
-        stats["missing"] = token_file.stat() if token_file.is_file() else None
+        deployer_run("missing")
         # an expired token in the file (explicit max TTL 2 s, waited out until the server refuses it)
-        expired = root_client.auth.token.create_orphan(
-            policies=["platform-deployer"], no_default_policy=True, period="768h", explicit_max_ttl="2s",
-            renewable=True)["auth"]["client_token"]
-        _write_token(token_file, expired)
-        _wait_refused(root_client, expired)
-        runs["expired"] = _run(work, "expired", "deployer.yml", ops_vars)
-        tokens.update(expired=expired, after_expired=_read_token(token_file))
-        stats["after_expired"] = token_file.stat() if token_file.is_file() else None
+        tokens["expired"] = deployer_token("2s")
+        _write_token(token_file, tokens["expired"])
+        _wait_refused(root_client, tokens["expired"])
+        deployer_run("expired", token_key="after_expired")
         for n, r in runs.items():
             print(f"vault pgp/deployer run {n}: rc={r['rc']} wall={r['wall']}s cpu={r['cpu']}s "
                   f"changed={r['stats'].get('changed')}")
