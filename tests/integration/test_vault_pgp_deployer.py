@@ -388,24 +388,17 @@ def _assert_working_deployer_token(pgp_vault, token: str) -> None:
         c.secrets.kv.v2.read_secret_version(path="torchserve/x", mount_point="secret", raise_on_deleted_version=True)
 
 
-def test_missing_token_file_gets_a_new_working_token(pgp_vault):
-    """The controller lost the file: the role cannot know the old token, so it makes a new one and
-    keeps it 0600 (the old one lives on until its period ends unrenewed)."""
-    r, tokens = pgp_vault["runs"]["missing"], pgp_vault["tokens"]
+@pytest.mark.parametrize("run,new_key,old_key", [
+    # the controller lost the file: the role cannot know the old token, so it makes a new one (the
+    # old one lives on until its period ends unrenewed)
+    ("missing", "missing", "renew"),
+    # an expired token in the file (the server refuses to look it up): there is nothing to revoke
+    ("expired", "after_expired", "expired"),
+], ids=["token-file-missing", "token-expired"])
+def test_a_lost_or_expired_token_is_replaced_by_a_working_one_and_nothing_is_revoked(pgp_vault, run, new_key, old_key):
+    r, tokens = pgp_vault["runs"][run], pgp_vault["tokens"]
     assert r["rc"] == 0 and _changed(r) == [CREATE, KEEP], _brief(r)
     assert r["tasks"][REVOKE][0].get("skipped"), _brief(r)
-    new = tokens["missing"]
-    assert new and new != tokens["renew"] and _mode(pgp_vault["stats"]["missing"]) == 0o600
+    new = tokens[new_key]
+    assert new and new != tokens[old_key] and _mode(pgp_vault["stats"][new_key]) == 0o600
     _assert_working_deployer_token(pgp_vault, new)
-
-
-def test_expired_token_is_replaced_and_not_revoked(pgp_vault):
-    """An expired token in the file (the server refuses to look it up): replaced by a working one;
-    there is nothing to revoke, and the role does not try."""
-    r, tokens = pgp_vault["runs"]["expired"], pgp_vault["tokens"]
-    assert r["rc"] == 0 and _changed(r) == [CREATE, KEEP], _brief(r)
-    assert r["tasks"][REVOKE][0].get("skipped"), _brief(r)
-    new = tokens["after_expired"]
-    assert new and new != tokens["expired"] and _mode(pgp_vault["stats"]["after_expired"]) == 0o600
-    _assert_working_deployer_token(pgp_vault, new)
-
