@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.testbed.common import private_stdin
+from tests.testbed.common import mitogen_strategy_env, private_stdin
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("GPUOPS_CACHE", str(Path.home() / ".cache" / "gpuops")))
@@ -70,8 +70,7 @@ def ansible_env(**extra):
     same settings scripts/site-lab uses."""
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), **extra)
     if env.get("GPUOPS_LAB_MITOGEN", "1") != "0":
-        env.update(ANSIBLE_STRATEGY_PLUGINS=str(REPO / "scripts" / "lab-ansible" / "strategy_plugins"),
-                   ANSIBLE_STRATEGY="gpuops_mitogen_linear")
+        env.update(mitogen_strategy_env())
     return env
 
 

@@ -13,6 +13,7 @@ canary_gate's ``torchserve-*`` templates over the handler's per-version series.
 Intervals are 2 s so the suite stays fast; no assert depends on timing.
 """
 
+import contextlib
 import json
 import shutil
 import threading
@@ -454,21 +455,14 @@ def test_a_canary_that_cannot_run_is_never_promoted(bed, setup_app, tmp_path):
     assert cs.read_weights(client, ns, app) == {"stable": 100, "canary": 0}
 
 
-def test_a_promotion_whose_stable_never_gets_ready_restores_the_previous_template(bed, setup_app, tmp_path):
-    """An admission policy refuses the stable Deployment's pods with the new version: after the
-    canary's template is copied into it, it never becomes ready. The wait ends after wait_timeout, the
-    previous template is put back (the old ReplicaSet never went away), the stable takes 100 % again,
-    and the result says so.
-
-    A ValidatingAdmissionPolicy, not a ResourceQuota of two pods: the quota controller recomputes
-    `used` from its informer, which under load had not seen the canary's pod yet, and the stable's
-    surge pod got in twice (2026-11-30)."""
+@contextlib.contextmanager
+def refusing_stable_pods_of(client, ns, version):
+    """A ValidatingAdmissionPolicy (and its binding to namespace ``ns``) that refuses pods of the
+    stable track carrying ``version``; yields once a dry-run pod shows it refusing (the apiserver
+    picks policy and binding up from its informers), deletes both afterwards."""
     import kubernetes
-    _k8s, ts, _prom, client = bed
-    app, version = "resnet-quota", "32.0"
-    ns = setup_app(app, version)
-    ts.register(version)
     adm = kubernetes.client.AdmissionregistrationV1Api(client)
+    core = kubernetes.client.CoreV1Api(client)
     name = f"gpuops-test-refuse-stable-{ns}"
     ann = cs.VERSION_ANNOTATION
     adm.create_validating_admission_policy({
@@ -484,40 +478,53 @@ def test_a_promotion_whose_stable_never_gets_ready_restores_the_previous_templat
                                f" && '{ann}' in object.metadata.annotations"
                                f" && object.metadata.annotations['{ann}'] == '{version}')"),
                 "message": f"test: the stable track may not run {version}"}]}})
-    adm.create_validating_admission_policy_binding({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": name},
-        "spec": {"policyName": name, "validationActions": ["Deny"],
-                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}})
     try:
-        _run_refused_promotion(client, ns, app, version, ts, bed, tmp_path)
+        adm.create_validating_admission_policy_binding({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {"policyName": name, "validationActions": ["Deny"],
+                     "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}})
+        try:
+            probe = {"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"generateName": "probe-", "labels": {"version": "stable"},
+                                  "annotations": {ann: version}},
+                     "spec": {"containers": [{"name": "c", "image": "x"}]}}
+
+            def refused():
+                try:
+                    core.create_namespaced_pod(ns, probe, dry_run="All")
+                except kubernetes.client.ApiException as exc:
+                    return exc.status in (403, 422) and "may not run" in (exc.body or "")
+                return False
+            cs.wait_until(refused, 60, "the admission policy to refuse the stable track's new pods")
+            yield
+        finally:
+            adm.delete_validating_admission_policy_binding(name)
     finally:
-        adm.delete_validating_admission_policy_binding(name)
         adm.delete_validating_admission_policy(name)
 
 
-def _run_refused_promotion(client, ns, app, version, ts, bed, tmp_path):
-    import kubernetes
-    core = kubernetes.client.CoreV1Api(client)
-    probe = {"apiVersion": "v1", "kind": "Pod",
-             "metadata": {"generateName": "probe-", "labels": {"version": "stable"},
-                          "annotations": {cs.VERSION_ANNOTATION: version}},
-             "spec": {"containers": [{"name": "c", "image": "x"}]}}
+def test_a_promotion_whose_stable_never_gets_ready_restores_the_previous_template(bed, setup_app, tmp_path):
+    """An admission policy refuses the stable Deployment's pods with the new version: after the
+    canary's template is copied into it, it never becomes ready. The wait ends after wait_timeout, the
+    previous template is put back (the old ReplicaSet never went away), the stable takes 100 % again,
+    and the result says so.
 
-    def refused():  # the policy is compiled and bound (the apiserver picks both up from its informers)
+    A ValidatingAdmissionPolicy, not a ResourceQuota of two pods: the quota controller recomputes
+    `used` from its informer, which under load had not seen the canary's pod yet, and the stable's
+    surge pod got in twice (2026-11-30)."""
+    _k8s, ts, _prom, client = bed
+    app, version = "resnet-quota", "32.0"
+    ns = setup_app(app, version)
+    ts.register(version)
+    with refusing_stable_pods_of(client, ns, version):
+        load = cs.LoadGenerator(client, ns, app, sender(ts), rps=20)
+        load.start()
         try:
-            core.create_namespaced_pod(ns, probe, dry_run="All")
-        except kubernetes.client.ApiException as exc:
-            return exc.status in (403, 422) and "may not run" in (exc.body or "")
-        return False
-    cs.wait_until(refused, 60, "the admission policy to refuse the stable track's new pods")
-    load = cs.LoadGenerator(client, ns, app, sender(ts), rps=20)
-    load.start()
-    try:
-        out = run_rollout(tmp_path, rollout_task(bed, ns, app, version, step_weight=30, max_weight=30,
-                                                 wait_timeout=8))
-    finally:
-        load.stop()
+            out = run_rollout(tmp_path, rollout_task(bed, ns, app, version, step_weight=30, max_weight=30,
+                                                     wait_timeout=8))
+        finally:
+            load.stop()
     assert out["status"] == "rolled_back", cs.brief(out)
     assert "promotion failed" in out["reason"] and "previous template was restored" in out["reason"], out["reason"]
     assert "promote" in actions(out["progress"]) and "promoted" not in actions(out["progress"])

@@ -46,6 +46,7 @@ import pytest
 import yaml
 
 from tests.integration.test_platform_helm import run
+from tests.testbed.common import mitogen_strategy_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -223,8 +224,8 @@ def _play(bed, name, nodes, check=False, **extra):
     try:
         with pytest.MonkeyPatch.context() as mp:    # run() hands os.environ to ansible-playbook
             if os.environ.get("GPUOPS_LAB_MITOGEN", "1") != "0":     # =0: the stock strategy, as in the lab
-                mp.setenv("ANSIBLE_STRATEGY_PLUGINS", str(REPO / "scripts" / "lab-ansible" / "strategy_plugins"))
-                mp.setenv("ANSIBLE_STRATEGY", "gpuops_mitogen_linear")
+                for key, value in mitogen_strategy_env().items():
+                    mp.setenv(key, value)
             r = run(PLAYBOOK, work, inv, xvars, check=check, timeout=300)
     finally:
         standin.stop()

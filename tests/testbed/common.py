@@ -315,3 +315,12 @@ def run_json_playbook(argv: list, env: dict, cwd, host: str) -> dict:
     if parsed is not None:
         out["tasks"], out["stats"] = parsed
     return out
+
+
+def mitogen_strategy_env() -> Dict[str, str]:
+    """The environment that runs ansible-playbook through the project's Mitogen strategy
+    (scripts/lab-ansible/strategy_plugins/gpuops_mitogen_linear.py: Mitogen's linear strategy without
+    its CPU pinning; docs/lab.md). The lab, test_gpu_stack_upgrade's bed runs and the storage VM test
+    use it; molecule and scripts/lab-ansible/lab-env set the same two variables in their own files."""
+    return {"ANSIBLE_STRATEGY_PLUGINS": str(REPO / "scripts" / "lab-ansible" / "strategy_plugins"),
+            "ANSIBLE_STRATEGY": "gpuops_mitogen_linear"}

@@ -28,8 +28,8 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
-from tests.testbed.common import (CACHE, REPO, Component, TestbedError, free_port, private_stdin, require_binary,
-                                  wait_for)
+from tests.testbed.common import (CACHE, REPO, Component, TestbedError, free_port, mitogen_strategy_env,
+                                  private_stdin, require_binary, wait_for)
 
 VM_DIR = CACHE / "vm"
 BUILD_SCRIPT = REPO / "scripts" / "build" / "vm-image.sh"
@@ -206,12 +206,11 @@ class VM(Component):
             "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "25",
         })
         if mitogen and os.environ.get("GPUOPS_VM_MITOGEN", "1") != "0":
-            env.update({"ANSIBLE_STRATEGY_PLUGINS": str(REPO / "scripts" / "lab-ansible" / "strategy_plugins"),
-                        "ANSIBLE_STRATEGY": "gpuops_mitogen_linear",
-                        # Mitogen's connect timeout covers SSH and its bootstrap (a Python start and
-                        # its core's import in the emulated guest), not SSH alone: under load 30 s was
-                        # short once ("Connection timed out" on the first remote task)
-                        "ANSIBLE_TIMEOUT": os.environ.get("GPUOPS_VM_MITOGEN_TIMEOUT", "300")})
+            env.update(mitogen_strategy_env())
+            # Mitogen's connect timeout covers SSH and its bootstrap (a Python start and its core's
+            # import in the emulated guest), not SSH alone: under load 30 s was short once
+            # ("Connection timed out" on the first remote task)
+            env["ANSIBLE_TIMEOUT"] = os.environ.get("GPUOPS_VM_MITOGEN_TIMEOUT", "300")
         t0 = time.monotonic()
         log = self.workdir / f"ansible-{tag}.log"
         # streamed to the log file so a slow run can be followed with tail -f

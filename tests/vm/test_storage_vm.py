@@ -99,6 +99,10 @@ def test_storage_guard_force_build_and_idempotence(vm):
     paths = {"a0": a0_path, "vg_paths": [c0_id, c1, c2p1_uuid, c2p2]}
     inv = vm.write_inventory({})
 
+    def storage_play(extra_vars, tag, **kwargs):
+        # through Mitogen: one Python in the guest per run (docs/testing/vm.md)
+        return vm.playbook("storage.yml", inv, extra_vars, tag=tag, mitogen=True, **kwargs)
+
     def untouched():
         assert signatures(vm, a1) == ["ext4"] and "gpt" in signatures(vm, b0)
         assert signatures(vm, c0) == ["ext4"], "the filesystem named by its by-id link was destroyed"
@@ -107,7 +111,7 @@ def test_storage_guard_force_build_and_idempotence(vm):
         assert pv_map(vm) == {}
 
     # 1. without the force flag: refuses every device with data, by whatever name, touches nothing
-    r = vm.playbook("storage.yml", inv, storage_vars(devs, paths=paths), tag="refuse", mitogen=True)
+    r = storage_play(storage_vars(devs, paths=paths), tag="refuse")
     assert r.rc != 0 and r.stats()["failed"] == 1, r.output[-3000:]
     assert f"{a1} carries ext4" in r.output and "storage_force_wipe_devices" in r.output, r.output[-3000:]
     assert f"{b0} carries" in r.output
@@ -117,7 +121,7 @@ def test_storage_guard_force_build_and_idempotence(vm):
     # 2. the issue 8 case: every other dirty disk forced, the by-id one not. Before the fix the guard
     # looked the by-id name up in the probe's lsblk-keyed signatures, found nothing, called it clean,
     # and community.general.lvg ran pvcreate -f on it (changed, ext4 gone).
-    r = vm.playbook("storage.yml", inv, storage_vars(devs, [a1, b0], paths=paths), tag="refuse-by-id", mitogen=True)
+    r = storage_play(storage_vars(devs, [a1, b0], paths=paths), tag="refuse-by-id")
     assert r.rc != 0 and r.stats()["failed"] == 1, r.output[-3000:]
     assert f"{c0_id} (-> {c0}) carries ext4" in r.output, r.output[-3000:]
     assert f"{a1} carries" not in r.output
@@ -129,9 +133,9 @@ def test_storage_guard_force_build_and_idempotence(vm):
     bad_real = vm.ssh("readlink -f /dev/mapper/gpuops_bad", check=True).stdout.strip()
     force = [a1, b0, c0_id]
     try:
-        r = vm.playbook("storage.yml", inv, storage_vars(devs, force, paths=paths, extra_vgs=[
+        r = storage_play(storage_vars(devs, force, paths=paths, extra_vgs=[
             {"name": "vg_bad", "devices": ["/dev/mapper/gpuops_bad", "/dev/disk/by-id/nvme-gpuops-no-such-disk"]}]),
-            tag="refuse-unreadable", mitogen=True)
+            tag="refuse-unreadable")
     finally:
         vm.ssh("dmsetup remove gpuops_bad", check=True)
     assert r.rc != 0 and r.stats()["failed"] == 1, r.output[-3000:]
@@ -141,7 +145,7 @@ def test_storage_guard_force_build_and_idempotence(vm):
     untouched()
 
     # 4. check mode with the force flag: lists the destructive steps as such, still touches nothing
-    r = vm.playbook("storage.yml", inv, storage_vars(devs, force, paths=paths), check=True, tag="check-first", mitogen=True)
+    r = storage_play(storage_vars(devs, force, paths=paths), check=True, tag="check-first")
     assert r.rc == 0, r.output[-3000:]
     assert r.stats()["changed"] > 0
     for line in (f"WOULD WIPE {c0} (given as {c0_id}; signatures ext4",
@@ -156,7 +160,7 @@ def test_storage_guard_force_build_and_idempotence(vm):
     # 5. with the force flag: builds everything
     t0 = time.monotonic()
     # under TCG on a loaded host the first converge (incl. update-initramfs) has taken 1032 s
-    r = vm.playbook("storage.yml", inv, storage_vars(devs, force, paths=paths), tag="converge", mitogen=True, timeout=2400)
+    r = storage_play(storage_vars(devs, force, paths=paths), tag="converge", timeout=2400)
     record_timing("storage_converge", time.monotonic() - t0)
     assert r.rc == 0, r.output[-5000:]
     assert r.stats()["changed"] > 0
@@ -189,13 +193,13 @@ def test_storage_guard_force_build_and_idempotence(vm):
 
     # 6. second converge: nothing to do (symlink names compare equal to the PVs LVM reports)
     t0 = time.monotonic()
-    r = vm.playbook("storage.yml", inv, storage_vars(devs, force, paths=paths), tag="idempotent", mitogen=True)
+    r = storage_play(storage_vars(devs, force, paths=paths), tag="idempotent")
     record_timing("storage_reconverge", time.monotonic() - t0)
     assert r.rc == 0, r.output[-3000:]
     assert r.stats()["changed"] == 0, r.output[-6000:]
 
     # 7. check mode on the converged node: nothing would change, nothing is listed as destructive
-    r = vm.playbook("storage.yml", inv, storage_vars(devs, force, paths=paths), check=True, tag="check-converged", mitogen=True)
+    r = storage_play(storage_vars(devs, force, paths=paths), check=True, tag="check-converged")
     assert r.rc == 0, r.output[-3000:]
     assert r.stats()["changed"] == 0, r.output[-6000:]
     assert "WOULD " not in r.output, r.output[-6000:]
