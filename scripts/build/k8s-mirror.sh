@@ -272,9 +272,12 @@ openbao_binary() {
   log "openbao $v binary in $dir"
 }
 
+# A temporary file of its own: two molecule scenarios may serve the mirror at the same moment.
 sums() {
+  local tmp
+  tmp="$(mktemp "$MIRROR/.SHA256SUMS.XXXXXX")"
   (cd "$MIRROR" && find . -type f \( -name 'kube*' -o -name '*.tar.gz' -o -name bao \) ! -name '*.sha256*' ! -name '*.stamp' \
-     -printf '%P\n' | sort | xargs -r sha256sum > SHA256SUMS.tmp && mv -f SHA256SUMS.tmp SHA256SUMS)
+     -printf '%P\n' | sort | xargs -r sha256sum > "$tmp" && chmod 0644 "$tmp" && mv -f "$tmp" SHA256SUMS) || { rm -f "$tmp"; return 1; }
 }
 
 # serve/stop: a static HTTP server for tests (molecule scenarios of container_runtime and
