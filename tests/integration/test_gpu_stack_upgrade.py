@@ -3,9 +3,10 @@
 What is real: kube-apiserver (cordon, drain through the Eviction API, Node patches), Prometheus
 (scraping every second, the gate's PromQL over /api/v1/query), ansible-playbook with the role.
 
-Cost: four playbook runs on the bed, each a module fixture the next builds on, each proving
+Cost: five playbook runs on the bed, each a module fixture the next builds on, each proving
 several properties (check; converge of the preinstalled nodes then the operator nodes until the
-short one stops it; re-run of the operator nodes; the whole group once more). The bed runs use
+short one stops it; re-run of the operator nodes; the whole group once more; two fresh nodes, the
+first holding a pod whose PodDisruptionBudget blocks its drain). The bed runs use
 the lab's Mitogen strategy (scripts/lab-ansible, docs/lab.md: one interpreter for the run instead
 of one per task; half the CPU here; GPUOPS_LAB_MITOGEN=0 gives the stock one, as in the lab); the
 offline runs use the stock strategy. Every node of a run carries its mode as a host var (gsu-pre-*:
@@ -28,7 +29,7 @@ What is FAKE, and why (hardware and what runs on it; nothing of it is product co
 Not proven here (docs/day2.md): the apt step of preinstalled mode (``gpu_stack_upgrade_package_step:
 false``: no node to install on), the restarts and the reboot; operator mode's chart step
 (``gpu_stack_upgrade_set_chart_values: false``: the gpu-operator release's values are the
-gpu_operator role's, proved by test_platform_helm.py); a drain blocked by a PodDisruptionBudget.
+gpu_operator role's, proved by test_platform_helm.py).
 """
 
 from __future__ import annotations
@@ -357,6 +358,56 @@ def final_run(bed, rerun_run):
     return r
 
 
+@pytest.fixture(scope="module")
+def pdb_run(bed, final_run):
+    """A fifth run over two fresh preinstalled nodes: the first holds the only pod of a Deployment
+    whose PodDisruptionBudget (minAvailable 1, status from the real disruption controller) allows no
+    eviction, so its drain cannot finish; the second comes after it. Runs after the others (the
+    stand-in's seen list stays per run)."""
+    from kubernetes import client
+    labels = {DRIVER_LABEL: OLD, STATE_LABEL: "upgrade-done", "gpuops.io/gsu-test": "true"}
+    blocked, after = bed["k8s"].add_gpu_nodes(2, prefix="gsu-pdb", gpus=GPUS, labels=labels)
+    ns, app = "gsu-pdb", "pinned-model"
+    with bed["k8s"].api_client() as api:
+        core, apps, policy = client.CoreV1Api(api), client.AppsV1Api(api), client.PolicyV1Api(api)
+        core.create_namespace({"metadata": {"name": ns}})
+        apps.create_namespaced_deployment(ns, {
+            "metadata": {"name": app},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": app}},
+                     "template": {"metadata": {"labels": {"app": app}},
+                                  "spec": {"nodeSelector": {"kubernetes.io/hostname": blocked},
+                                           "tolerations": [{"operator": "Exists"}],
+                                           "containers": [{"name": "c", "image": "registry.invalid/fake:1"}]}}}})
+        policy.create_namespaced_pod_disruption_budget(ns, {
+            "metadata": {"name": app}, "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": app}}}})
+
+        def budget_at_its_limit():
+            pods = core.list_namespaced_pod(ns, label_selector=f"app={app}").items
+            st = policy.read_namespaced_pod_disruption_budget_status(app, ns).status
+            return (len(pods) == 1 and pods[0].status.phase == "Running" and st is not None
+                    and st.current_healthy == 1 and st.disruptions_allowed == 0
+                    and st.observed_generation is not None)
+        deadline = time.monotonic() + 90
+        while not budget_at_its_limit():
+            assert time.monotonic() < deadline, "the pinned pod never ran on kwok, or the disruption controller never counted it"
+            time.sleep(0.5)
+    try:
+        r = _play(bed, "pdb", [blocked, after], gpu_stack_upgrade_drain_timeout=5,
+                  gpu_stack_upgrade_drain_retries=0)
+        r["after"] = _nodes(bed, [blocked, after])
+        with bed["k8s"].api_client() as api:
+            r["pods"] = [(p.spec.node_name, p.status.phase)
+                         for p in client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=f"app={app}").items]
+        r["blocked"], r["next"], r["pdb"] = blocked, after, f"{ns}/{app}"
+        yield r
+    finally:
+        with bed["k8s"].api_client() as api:
+            client.CoreV1Api(api).delete_namespace(ns)
+            for n in (blocked, after):
+                client.CoreV1Api(api).delete_node(n)
+        bed["k8s"].info["gpu_nodes"] = [n for n in bed["k8s"].info.get("gpu_nodes", []) if n not in (blocked, after)]
+
+
 DONE = {"driver": NEW, "state": "upgrade-done", "unschedulable": False, "mark": None, "allocatable": str(GPUS)}
 UNTOUCHED = dict(DONE, driver=OLD)
 
@@ -438,3 +489,21 @@ def test_third_run_uncordons_the_fixed_node_and_changes_nothing_else(bed, final_
     assert any(f"{last} is already at driver {NEW} and healthy" in m and "uncordoned now" in m
                for m in _messages(r, last)), _messages(r, last)
     assert r["standin"].seen in ([], [last])
+
+
+# -- a drain that a PodDisruptionBudget blocks: the run stops naming it, the node is uncordoned ------
+def test_drain_blocked_by_a_budget_stops_naming_it_uncordons_and_touches_nothing_else(bed, pdb_run):
+    r = pdb_run
+    blocked, after = r["blocked"], r["next"]
+    assert r["rc"] != 0, _why(r)
+    stop = [m for m in _messages(r, blocked) if "GPU STACK UPGRADE STOPPED" in m]
+    assert stop and f"STOPPED on {blocked}" in stop[0], _why(r)
+    assert f"Blocking PodDisruptionBudget(s): {r['pdb']}" in stop[0], stop[0]
+    assert "it was uncordoned (nothing on it changed)" in stop[0], stop[0]
+    # cordoned by the drain (the stand-in saw it), uncordoned by the rescue, this run's mark gone
+    assert r["standin"].seen == [blocked], r["standin"].__dict__
+    assert not r["after"][blocked]["unschedulable"] and r["after"][blocked]["mark"] is None, r["after"][blocked]
+    # the protected pod still runs where it ran; the node after it never had its turn
+    assert r["pods"] == [(blocked, "Running")], r["pods"]
+    assert r["after"][after] == UNTOUCHED, r["after"][after]
+    assert "Read the node" not in [t for t, _res in r["tasks"].get(after, [])]
