@@ -119,7 +119,7 @@ etcd_tarball() {
     log "etcd $ETCD_VERSION tarball up to date"
     return 0
   fi
-  rm -rf "$BUILD/$base" && mkdir -p "$BUILD/$base" "$dir"
+  rm -rf "${BUILD:?}/${base:?}" && mkdir -p "$BUILD/$base" "$dir"
   for b in etcd etcdctl etcdutl; do install -m 0755 "$GPUOPS_BIN/$b" "$BUILD/$base/$b"; done
   tar -C "$BUILD" --owner=0 --group=0 --mtime='2026-01-01 00:00:00' -czf "$tgz.tmp" "$base"
   mv -f "$tgz.tmp" "$tgz"
