@@ -4,12 +4,12 @@
 
 The node roles (os_baseline, container_runtime, kubernetes_packages) run ``apt`` only for what is
 missing: an ``apt`` task that finds nothing to do still loads the apt cache (seconds per node, the
-slowest tasks of a converged site run). Each role reads its packages with
+slowest tasks of a converged site run). Each role runs the command ``dpkg_query_argv`` builds (rc 1
+when dpkg has never heard of one of the packages) and passes its output to the readers below.
 
-    dpkg-query --show --showformat='${Package}\\t${db:Status-Abbrev}\\t${Version}\\n' NAME...
-
-(rc 1 when dpkg has never heard of one of them) and passes the output here. ``DPKG_QUERY_FORMAT``
-is that format.
+``dpkg_query_argv(names)``
+    ``dpkg-query --show --showformat=DPKG_QUERY_FORMAT NAME...``: per package its name, the
+    selection and status letters (``${db:Status-Abbrev}``) and the installed version, tab-separated.
 
 ``dpkg_installed(stdout)``
     The names dpkg reports installed (status letter ``i``: ``ii`` or, held, ``hi``), in output order.
@@ -41,6 +41,10 @@ def _parse(stdout):
     return out
 
 
+def dpkg_query_argv(names):
+    return ["dpkg-query", "--show", "--showformat=" + DPKG_QUERY_FORMAT] + [str(n) for n in names or []]
+
+
 def dpkg_installed(stdout):
     return [name for name, (_want, status, _version) in _parse(stdout).items() if status == "i"]
 
@@ -64,4 +68,5 @@ class FilterModule(object):
     """dpkg-query readers of the node roles."""
 
     def filters(self):
-        return {"dpkg_installed": dpkg_installed, "dpkg_missing": dpkg_missing, "dpkg_held": dpkg_held}
+        return {"dpkg_query_argv": dpkg_query_argv, "dpkg_installed": dpkg_installed,
+                "dpkg_missing": dpkg_missing, "dpkg_held": dpkg_held}

@@ -41,6 +41,15 @@ def play(name, playbook, *extra, expect_rc=0, limit=None):
     return proc.returncode, " ".join(out.split())
 
 
+# scale.yml's extra vars in the removal drills: the node layers of a removed node are converged (site.yml of
+# this session; kubeadm reset leaves containerd and the packages), so they are skipped to keep the tier
+# short (the full scale.yml run measured 7 min on the loaded lab, docs/day2.md). The join, labels and Ready
+# wait are scale.yml's own.
+SKIP_CONVERGED_NODE_LAYERS = ("-e", json.dumps({"gpuops_skip_layers": {
+    layer: "test_day2: converged by site.yml in this session"
+    for layer in ["os_baseline", "network", "storage", "container_runtime", "kubernetes_packages"]}}))
+
+
 def etcd_health():
     """{member: healthy} of every member listed by lab-cp1, each asked on its own node."""
     listed = etcd_api("lab-cp1", "/v3/cluster/member/list", {}, check=False) or {}
@@ -186,12 +195,7 @@ def test_remove_a_worker_and_add_it_back_with_scale(day2):
     assert "lab-cpu1" not in names
     assert node_exec("lab-cpu1", "test", "-e", "/etc/kubernetes/kubelet.conf", check=False).returncode == 1
     assert etcd_members() == sorted(CONTROL)
-    # The node layers on lab-cpu1 are converged (site.yml of this session; kubeadm reset leaves containerd and
-    # the packages): skipped here to keep the tier short (the full scale.yml run measured 7 min on the loaded
-    # lab, docs/day2.md). The join, labels and Ready wait are scale.yml's own.
-    skip = {layer: "test_day2: converged by site.yml in this session" for layer in
-            ["os_baseline", "network", "storage", "container_runtime", "kubernetes_packages"]}
-    play("scale-cpu1", "scale", "-e", json.dumps({"gpuops_skip_layers": skip}), limit="lab-cpu1")
+    play("scale-cpu1", "scale", *SKIP_CONVERGED_NODE_LAYERS, limit="lab-cpu1")
     node = json.loads(kubectl("get", "node", "lab-cpu1", "-o", "json").stdout)
     assert node["metadata"]["labels"]["topology.kubernetes.io/zone"] == ZONES["lab-cpu1"]
     assert_lab_whole()
@@ -215,10 +219,7 @@ def test_remove_a_control_plane_and_join_it_back_with_scale(day2):
     aside = node_exec("lab-cp3", "sh", "-c", "ls -d /var/lib/etcd.removed-*/member/wal 2>/dev/null || true").stdout.split()
     assert aside, "lab-cp3's etcd data was not moved aside to /var/lib/etcd.removed-*/member"
     assert node_exec("lab-cp3", "sh", "-c", "ls -A /var/lib/etcd 2>/dev/null").stdout.strip() == ""
-    # Node layers converged by this session's site.yml (kubeadm reset leaves them): skipped, as for the worker.
-    skip = {layer: "test_day2: converged by site.yml in this session" for layer in
-            ["os_baseline", "network", "storage", "container_runtime", "kubernetes_packages"]}
-    play("scale-cp3", "scale", "-e", json.dumps({"gpuops_skip_layers": skip}), limit="kube_control_plane")
+    play("scale-cp3", "scale", *SKIP_CONVERGED_NODE_LAYERS, limit="kube_control_plane")
     assert etcd_members() == sorted(CONTROL)
     assert_lab_whole()
     pods = json.loads(kubectl("get", "pods", "-n", "kube-system", "-l", "tier=control-plane",

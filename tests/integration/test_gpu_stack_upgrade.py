@@ -47,7 +47,7 @@ import pytest
 import yaml
 
 from tests.integration.test_platform_helm import run
-from tests.testbed.common import mitogen_strategy_env
+from tests.testbed.common import mitogen_strategy_env, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -59,6 +59,8 @@ STATE_LABEL = "nvidia.com/gpu-driver-upgrade-state"
 MARK = "gpuops.io/gpu-stack-upgrade"
 GPUS = 8
 LIFETIME = 600
+# every FAKE GPU node of this module starts at the old driver, its upgrade state done
+NODE_LABELS = {DRIVER_LABEL: OLD, STATE_LABEL: "upgrade-done", "gpuops.io/gsu-test": "true"}
 
 
 class FakeDcgmExporter:
@@ -292,10 +294,8 @@ def test_offline_preflight_refuses_missing_options_then_passes(tmp_path, monkeyp
 # -- the bed: six FAKE GPU nodes (three per mode), the FAKE exporter, a real Prometheus ----------
 @pytest.fixture(scope="module")
 def bed(k8s, prometheus_factory, tmp_path_factory):
-    from kubernetes import client
-    labels = {DRIVER_LABEL: OLD, STATE_LABEL: "upgrade-done", "gpuops.io/gsu-test": "true"}
-    pre = k8s.add_gpu_nodes(3, prefix="gsu-pre", gpus=GPUS, labels=labels)
-    op = k8s.add_gpu_nodes(3, prefix="gsu-op", gpus=GPUS, labels=labels)
+    pre = k8s.add_gpu_nodes(3, prefix="gsu-pre", gpus=GPUS, labels=NODE_LABELS)
+    op = k8s.add_gpu_nodes(3, prefix="gsu-op", gpus=GPUS, labels=NODE_LABELS)
     exporter = FakeDcgmExporter(pre + op).start()
     prom = prometheus_factory(targets=[exporter.address])
     bed = {"k8s": k8s, "prom": prom, "exporter": exporter, "pre": pre, "op": op,
@@ -307,12 +307,18 @@ def bed(k8s, prometheus_factory, tmp_path_factory):
     finally:
         exporter.stop()
         prom.stop()
-        with k8s.api_client() as api:   # the shared bed's other tests count the kwok nodes
-            for n in pre + op:
-                client.CoreV1Api(api).delete_node(n)
-        k8s.info["gpu_nodes"] = [n for n in k8s.info.get("gpu_nodes", []) if n not in pre + op]
+        _delete_nodes(k8s, pre + op)
         total = [r["cpu"] for r in bed["runs"]]
         print(f"gpu_stack_upgrade: {len(total)} playbook runs, {sum(total):.1f} s CPU in ansible-playbook")
+
+
+def _delete_nodes(k8s, names):
+    """Delete this module's FAKE nodes: the shared bed's other tests count the kwok nodes."""
+    from kubernetes import client
+    with k8s.api_client() as api:
+        for n in names:
+            client.CoreV1Api(api).delete_node(n)
+    k8s.info["gpu_nodes"] = [n for n in k8s.info.get("gpu_nodes", []) if n not in names]
 
 
 # -- four playbook runs, each a module fixture that the next one builds on; the tests assert on them --
@@ -365,8 +371,7 @@ def pdb_run(bed, final_run):
     eviction, so its drain cannot finish; the second comes after it. Runs after the others (the
     stand-in's seen list stays per run)."""
     from kubernetes import client
-    labels = {DRIVER_LABEL: OLD, STATE_LABEL: "upgrade-done", "gpuops.io/gsu-test": "true"}
-    blocked, after = bed["k8s"].add_gpu_nodes(2, prefix="gsu-pdb", gpus=GPUS, labels=labels)
+    blocked, after = bed["k8s"].add_gpu_nodes(2, prefix="gsu-pdb", gpus=GPUS, labels=NODE_LABELS)
     ns, app = "gsu-pdb", "pinned-model"
     with bed["k8s"].api_client() as api:
         core, apps, policy = client.CoreV1Api(api), client.AppsV1Api(api), client.PolicyV1Api(api)
@@ -387,10 +392,8 @@ def pdb_run(bed, final_run):
             return (len(pods) == 1 and pods[0].status.phase == "Running" and st is not None
                     and st.current_healthy == 1 and st.disruptions_allowed == 0
                     and st.observed_generation is not None)
-        deadline = time.monotonic() + 90
-        while not budget_at_its_limit():
-            assert time.monotonic() < deadline, "the pinned pod never ran on kwok, or the disruption controller never counted it"
-            time.sleep(0.5)
+        wait_for(budget_at_its_limit, 90, "the pinned pod Running on kwok and counted by the disruption controller",
+                 interval=0.5)
     try:
         r = _play(bed, "pdb", [blocked, after], gpu_stack_upgrade_drain_timeout=5,
                   gpu_stack_upgrade_drain_retries=0)
@@ -403,9 +406,7 @@ def pdb_run(bed, final_run):
     finally:
         with bed["k8s"].api_client() as api:
             client.CoreV1Api(api).delete_namespace(ns)
-            for n in (blocked, after):
-                client.CoreV1Api(api).delete_node(n)
-        bed["k8s"].info["gpu_nodes"] = [n for n in bed["k8s"].info.get("gpu_nodes", []) if n not in (blocked, after)]
+        _delete_nodes(bed["k8s"], [blocked, after])
 
 
 DONE = {"driver": NEW, "state": "upgrade-done", "unschedulable": False, "mark": None, "allocatable": str(GPUS)}

@@ -1,6 +1,8 @@
 """Unit tests of plugins/filter/packages.py: what the node roles still hand to apt."""
 
-from plugins.filter.packages import dpkg_held, dpkg_installed, dpkg_missing
+import subprocess
+
+from plugins.filter.packages import dpkg_held, dpkg_installed, dpkg_missing, dpkg_query_argv
 
 # the shape dpkg-query prints with DPKG_QUERY_FORMAT (Status-Abbrev ends in a space when no error)
 OUT = "\n".join([
@@ -38,3 +40,13 @@ def test_nothing_read_means_everything_is_missing():
     assert dpkg_missing("", ["a", "b=1"]) == ["a", "b=1"]
     assert dpkg_missing(None, None) == []
     assert dpkg_installed(None) == [] and dpkg_held("") == []
+
+
+def test_the_query_prints_what_the_readers_parse():
+    argv = dpkg_query_argv(["bash", "no-such-package-gpuops"])
+    assert argv[:2] == ["dpkg-query", "--show"] and argv[-2:] == ["bash", "no-such-package-gpuops"]
+    assert dpkg_query_argv(None) == argv[:3]
+    dpkg = subprocess.run(argv, capture_output=True, text=True, check=False)   # this Debian host's dpkg
+    assert dpkg.returncode == 1, dpkg.stderr        # one name unknown to dpkg
+    assert dpkg_installed(dpkg.stdout) == ["bash"] and dpkg_held(dpkg.stdout) == []
+    assert dpkg_missing(dpkg.stdout, ["bash", "no-such-package-gpuops"]) == ["no-such-package-gpuops"]
