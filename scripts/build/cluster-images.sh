@@ -370,13 +370,28 @@ EOF
 }
 
 # The previous minor's control-plane images (K8S_RELEASE=prev), same layout and tools as above.
-# CoreDNS and pause are not rebuilt for it (k8s-releases.env says why); etcd only when its tag differs.
+# etcd and pause only when their tags differ (pause is the same scripts/lib/pause.c at the tag kubeadm
+# pins: kubeadm's preflight pulls it even though containerd's sandbox image is the current one);
+# CoreDNS is not rebuilt (k8s-releases.env says why).
 build_images_prev() {
   local b t0 IMAGES GPUOPS_BIN="$PREV_BIN" names=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy)
   t0=$(date +%s)
   IMAGES="$(for b in "${names[@]}"; do printf '%s registry.k8s.io/%s:%s\n' "$b" "$b" "$K8S_PREV_VERSION"; done)"
   if [ "$K8S_PREV_ETCD_IMAGE_TAG" != "$V_etcd" ]; then
     IMAGES+=$'\n'"etcd registry.k8s.io/etcd:$K8S_PREV_ETCD_IMAGE_TAG"
+  fi
+  if [ "$K8S_PREV_PAUSE_VERSION" != "$V_pause" ]; then
+    IMAGES+=$'\n'"pause registry.k8s.io/pause:$K8S_PREV_PAUSE_VERSION"
+    local pdir="$OUT/pause-$K8S_PREV_PAUSE_VERSION"
+    mkdir -p "$pdir"
+    if [ ! -x "$pdir/pause" ] || [ "$GPUOPS_REPO/scripts/lib/pause.c" -nt "$pdir/pause" ]; then
+      gcc -Os -Wall -Wextra -Werror -static -DPAUSE_VERSION="\"$K8S_PREV_PAUSE_VERSION\"" -o "$pdir/pause.tmp" \
+        "$GPUOPS_REPO/scripts/lib/pause.c"
+      strip "$pdir/pause.tmp" && mv -f "$pdir/pause.tmp" "$pdir/pause"
+      log "built pause $K8S_PREV_PAUSE_VERSION (gcc -static)"
+    fi
+    check_version "$pdir/pause" "$K8S_PREV_PAUSE_VERSION" -v
+    scratch_image pause "$pdir/pause" -- --add "$pdir/pause:/pause" --entrypoint '["/pause"]'
   fi
   for b in kube-apiserver kube-controller-manager kube-scheduler; do
     check_version "$GPUOPS_BIN/$b" "$K8S_PREV_VERSION" --version
@@ -410,11 +425,12 @@ build_bundle() {
   if [ -d "$CHARTS_DIR" ] && { [ -L "$BUNDLE/charts" ] || [ ! -e "$BUNDLE/charts" ]; }; then
     ln -sfn "$(cd "$CHARTS_DIR" && pwd -P)" "$BUNDLE/charts"
   fi
-  "$GPUOPS_VENV/bin/python" - "$BUNDLE" "$VERSIONS_FILE" "$GPUOPS_REPO" "$K8S_PREV_VERSION" "$K8S_PREV_ETCD_IMAGE_TAG" <<'PY'
+  "$GPUOPS_VENV/bin/python" - "$BUNDLE" "$VERSIONS_FILE" "$GPUOPS_REPO" "$K8S_PREV_VERSION" "$K8S_PREV_ETCD_IMAGE_TAG" \
+    "$K8S_PREV_PAUSE_VERSION" <<'PY'
 import hashlib, json, os, subprocess, sys
 from pathlib import Path
 bundle, versions_file, repo = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-prev_k8s, prev_etcd = sys.argv[4], sys.argv[5]
+prev_k8s, prev_etcd, prev_pause = sys.argv[4], sys.argv[5], sys.argv[6]
 sys.path.insert(0, str(repo / "scripts" / "lib"))
 import jinja2, yaml
 import oci_image
@@ -501,6 +517,8 @@ def previous_release():
                                                              "kube-scheduler", "kube-proxy")]
     if prev_etcd != versions["container_images_etcd_version"]:
         refs.append(("etcd", f"registry.k8s.io/etcd:{prev_etcd}"))
+    if prev_pause != versions["container_images_pause_version"]:
+        refs.append(("pause", f"registry.k8s.io/pause:{prev_pause}"))
     out = {"kubernetes": prev_k8s, "images": [], "binaries": [], "apt": []}
     for n, ref in refs:
         name, tag = ref.rsplit(":", 1)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# OPTIONAL setup part (`scripts/setup k8s-prev`; NOT in scripts/setup's default list: nothing in
-# `make test` uses it yet): the previous Kubernetes minor for playbooks/upgrade.yml, pinned in
+# Setup part `k8s-prev` (in scripts/setup's default since 2026-11-30: the cluster tier brings the lab
+# up at this minor and upgrades it with playbooks/upgrade.yml): the previous Kubernetes minor, pinned in
 # scripts/build/k8s-releases.env, built beside the current release and never over it:
 #   $GPUOPS_CACHE/bin-v1.35.4/          kubeadm kubelet kubectl kube-proxy kube-scheduler
 #                                       kube-controller-manager kube-apiserver etcd (stamps in .stamps/)

@@ -36,6 +36,20 @@ VAULT_CA = VAULT_SECRETS / "tls" / "ca.pem"
 VAULT_API = {n: "https://%s:8200" % IPS[n] for n in CONTROL}
 
 
+def _pinned(path, pattern):
+    m = re.search(pattern, (REPO / path).read_text(), re.M)
+    assert m, "%s: no %s" % (path, pattern)
+    return m.group(1)
+
+
+# The Kubernetes versions of the tier: the lab comes up at the previous minor (scripts/build/k8s-prev.sh)
+# and tests/cluster/test_cluster_upgrade.py upgrades it to the inventory's (docs/day2-upgrade.md).
+CURRENT_VERSION = _pinned("inventories/lab/group_vars/all.yml", r'^gpuops_kubernetes_version:\s*"?([0-9.]+)"?')
+PREVIOUS_VERSION = _pinned("scripts/build/k8s-releases.env", r'^K8S_PREV_VERSION="v([0-9.]+)"')
+# the version site() pins (-e gpuops_kubernetes_version): set by the ``lab`` fixture, then by the upgrade
+LAB = {"version": CURRENT_VERSION}
+
+
 def host_sysctls():
     return {k: Path("/proc/sys", k).read_text().strip() for k in HOST_SYSCTLS if Path("/proc/sys", k).exists()}
 
@@ -78,6 +92,8 @@ def site(name, *extra):
     """Run playbooks/site.yml on the lab; returns (wall seconds, {host: (ok, changed, unreachable, failed)}, stdout)."""
     env = ansible_env(ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks", PROFILE_TASKS_TASK_OUTPUT_LIMIT="30")
     t0 = time.monotonic()
+    if LAB["version"] != CURRENT_VERSION:
+        extra = ("-e", "gpuops_kubernetes_version=%s" % LAB["version"], *extra)
     proc = run(["ansible-playbook", "-i", "inventories/lab/hosts.yml", "playbooks/site.yml", *extra],
                timeout=1800, check=False, env=env)
     wall = time.monotonic() - t0
@@ -89,9 +105,29 @@ def site(name, *extra):
     return wall, recap, proc.stdout
 
 
+def cluster_version():
+    """The running cluster's Kubernetes version (kube-system/kubeadm-config), without the "v"."""
+    cm = json.loads(kubectl("-n", "kube-system", "get", "configmap", "kubeadm-config", "-o", "json").stdout)
+    m = re.search(r"^kubernetesVersion:\s*v?([0-9.]+)", cm["data"]["ClusterConfiguration"], re.M)
+    return m.group(1) if m else ""
+
+
+def node_versions():
+    """{node: kubelet version without the "v"} from the API."""
+    items = json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    return {n["metadata"]["name"]: n["status"]["nodeInfo"]["kubeletVersion"].lstrip("v") for n in items}
+
+
 def lab_exists():
     """Any container carrying the lab node label (running or not)."""
     proc = run(["podman", "ps", "-a", "-q", "--filter", "label=io.gpuops.kind=lab-node"], check=False, timeout=60)
+    return bool(proc.stdout.strip())
+
+
+def lab_any_node_running():
+    """Any lab node container that is running (``lab_exists`` counts stopped ones too)."""
+    proc = run(["podman", "ps", "-q", "--filter", "label=io.gpuops.kind=lab-node", "--filter", "status=running"],
+               check=False, timeout=60)
     return bool(proc.stdout.strip())
 
 
