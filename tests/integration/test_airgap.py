@@ -113,8 +113,15 @@ def test_bundle_matches_the_pinned_versions_and_its_archives(manifest):
     assert hashlib.sha256((BUNDLE / cni["path"]).read_bytes()).hexdigest() == cni["sha256"]
 
 
+def _served_images(manifest):
+    """What scripts/registry pushes: the bundle's images and the previous Kubernetes minor's (manifest
+    "previous", scripts/build/k8s-prev.sh: the cluster tier brings the lab up at that minor)."""
+    return manifest["images"] + [i for p in manifest.get("previous", []) for i in p["images"]]
+
+
 def test_registry_serves_every_bundle_digest(manifest, registry):
-    for img in manifest["images"]:
+    assert len(_served_images(manifest)) > len(manifest["images"]), "the bundle lists no previous minor"
+    for img in _served_images(manifest):
         headers, body = _get(f"{registry['url']}/v2/{img['repository']}/manifests/{img['tag']}")
         assert headers["Docker-Content-Digest"] == img["digest"], img["ref"]
         assert "sha256:" + hashlib.sha256(body).hexdigest() == img["digest"], img["ref"]
@@ -132,7 +139,7 @@ def test_registry_serves_every_bundle_digest(manifest, registry):
 
 
 def test_second_up_pushes_nothing_and_the_access_log_shows_requests(manifest, registry):
-    assert f"({len(manifest['images'])} pushed now)" in registry["up"], registry["up"]  # fresh storage
+    assert f"({len(_served_images(manifest))} pushed now)" in registry["up"], registry["up"]  # fresh storage
     again = _run([str(REPO / "scripts" / "registry"), "up", registry["net"], registry["ip"], "600"],
                  env=registry["env"])
     assert "already running" in again.stdout and "(0 pushed now)" in again.stdout, again.stdout
