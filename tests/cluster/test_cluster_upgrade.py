@@ -186,7 +186,7 @@ def upgrade(lab):
     web_failed = [r for r in info["load"] if r[1] != "200"]
     api_failed = [r for r in info["load"] if r[2] != "200"]
     info["api_outage"] = _longest_outage(info["load"])
-    record("upgrade load loop: %d rounds during both runs; web Service requests failed: %d; API requests "
+    record("upgrade load loop: %d rounds during the three runs; web Service requests failed: %d; API requests "
            "through the VIP failed: %d (longest outage %.0f s)"
            % (len(info["load"]), len(web_failed), len(api_failed), info["api_outage"]))
     yield info
