@@ -141,6 +141,21 @@ check_version() {  # check_version BINARY WANT ARGS...: the binary must report W
   case "$got" in *"$want"*) ;; *) die "$bin does not report version $want: '$got'" ;; esac
 }
 
+build_pause() {  # build_pause VERSION DIR STAMP: the static pause (scripts/lib/pause.c) at VERSION in DIR/pause
+  local version="$1" dir="$2" stamp="$STAMPS/$3" pstamp
+  pstamp="$(sha256sum "$GPUOPS_REPO/scripts/lib/pause.c" | cut -c1-16) $version $(gcc -dumpversion 2>/dev/null || echo nogcc)"
+  if [ ! -x "$dir/pause" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$pstamp" ]; then
+    command -v gcc >/dev/null || die "gcc not found (apt-get install gcc libc6-dev)"
+    mkdir -p "$dir"
+    gcc -Os -Wall -Wextra -Werror -static -DPAUSE_VERSION="\"$version\"" -o "$dir/pause.tmp" \
+      "$GPUOPS_REPO/scripts/lib/pause.c"
+    strip "$dir/pause.tmp" && mv -f "$dir/pause.tmp" "$dir/pause"
+    printf '%s' "$pstamp" > "$stamp"
+    log "built pause $version (gcc -static)"
+  fi
+  check_version "$dir/pause" "$version" -v
+}
+
 build_binaries() {
   local ld
   go_build cni github.com/containernetworking/plugins "$V_cni_plugins" \
@@ -159,19 +174,7 @@ build_binaries() {
   go_build coredns github.com/coredns/coredns "$V_coredns" \
     "-s -w -X github.com/coredns/coredns/coremain.GitCommit=gpuops" coredns:.
   check_version "$OUT/coredns/coredns" "CoreDNS-${V_coredns#v}" -version
-  # pause: static C (scripts/lib/pause.c)
-  local pstamp
-  pstamp="$(sha256sum "$GPUOPS_REPO/scripts/lib/pause.c" | cut -c1-16) $V_pause $(gcc -dumpversion 2>/dev/null || echo nogcc)"
-  if [ ! -x "$OUT/pause/pause" ] || [ "$(cat "$STAMPS/pause" 2>/dev/null)" != "$pstamp" ]; then
-    command -v gcc >/dev/null || die "gcc not found (apt-get install gcc libc6-dev)"
-    mkdir -p "$OUT/pause"
-    gcc -Os -Wall -Wextra -Werror -static -DPAUSE_VERSION="\"$V_pause\"" -o "$OUT/pause/pause.tmp" \
-      "$GPUOPS_REPO/scripts/lib/pause.c"
-    strip "$OUT/pause/pause.tmp" && mv -f "$OUT/pause/pause.tmp" "$OUT/pause/pause"
-    printf '%s' "$pstamp" > "$STAMPS/pause"
-    log "built pause $V_pause (gcc -static)"
-  fi
-  check_version "$OUT/pause/pause" "$V_pause" -v
+  build_pause "$V_pause" "$OUT/pause" pause
   # busybox: Debian's busybox-static of the pinned upstream version
   if [ ! -x "$OUT/busybox/busybox" ] || [ "$(cat "$STAMPS/busybox" 2>/dev/null)" = "" ]; then
     local deb dv
@@ -383,14 +386,7 @@ build_images_prev() {
   if [ "$K8S_PREV_PAUSE_VERSION" != "$V_pause" ]; then
     IMAGES+=$'\n'"pause registry.k8s.io/pause:$K8S_PREV_PAUSE_VERSION"
     local pdir="$OUT/pause-$K8S_PREV_PAUSE_VERSION"
-    mkdir -p "$pdir"
-    if [ ! -x "$pdir/pause" ] || [ "$GPUOPS_REPO/scripts/lib/pause.c" -nt "$pdir/pause" ]; then
-      gcc -Os -Wall -Wextra -Werror -static -DPAUSE_VERSION="\"$K8S_PREV_PAUSE_VERSION\"" -o "$pdir/pause.tmp" \
-        "$GPUOPS_REPO/scripts/lib/pause.c"
-      strip "$pdir/pause.tmp" && mv -f "$pdir/pause.tmp" "$pdir/pause"
-      log "built pause $K8S_PREV_PAUSE_VERSION (gcc -static)"
-    fi
-    check_version "$pdir/pause" "$K8S_PREV_PAUSE_VERSION" -v
+    build_pause "$K8S_PREV_PAUSE_VERSION" "$pdir" "pause-$K8S_PREV_PAUSE_VERSION"
     scratch_image pause "$pdir/pause" -- --add "$pdir/pause:/pause" --entrypoint '["/pause"]'
   fi
   for b in kube-apiserver kube-controller-manager kube-scheduler; do

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.cluster.lab import (LAB, CURRENT_VERSION, PREVIOUS_VERSION, cluster_version, host_sysctls,
-                               lab_any_node_running, lab_exists, lab_running, record, run, site)
+                               lab_exists, lab_running, record, run, site)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -35,7 +35,7 @@ def lab():
     t0 = time.time()
     info = {"host_sysctls_before": before, "reused": reuse, "t0": t0,
             "since": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t0)) if not reuse else ""}
-    if not reuse and lab_exists() and not lab_any_node_running():
+    if not reuse and lab_exists() and not lab_exists(running=True):
         # only stopped lab nodes (a teardown that failed, a lifetime that ran out): no cluster runs in
         # them any more; removed (recorded) so the tier can bring up its own
         down = run(["scripts/lab", "down"], timeout=600, check=False)

@@ -88,17 +88,23 @@ def ansible_env(**extra):
     return env
 
 
-def site(name, *extra):
-    """Run playbooks/site.yml on the lab; returns (wall seconds, {host: (ok, changed, unreachable, failed)}, stdout)."""
+def playbook(path, log_name, *extra, timeout=1800):
+    """ansible-playbook PATH on the lab with profile_tasks; the log goes to LOGS/LOG_NAME.log.
+    Returns (completed process, wall seconds)."""
     env = ansible_env(ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks", PROFILE_TASKS_TASK_OUTPUT_LIMIT="30")
     t0 = time.monotonic()
-    if LAB["version"] != CURRENT_VERSION:
-        extra = ("-e", "gpuops_kubernetes_version=%s" % LAB["version"], *extra)
-    proc = run(["ansible-playbook", "-i", "inventories/lab/hosts.yml", "playbooks/site.yml", *extra],
-               timeout=1800, check=False, env=env)
+    proc = run(["ansible-playbook", "-i", "inventories/lab/hosts.yml", path, *extra], timeout=timeout, check=False, env=env)
     wall = time.monotonic() - t0
     LOGS.mkdir(parents=True, exist_ok=True)
-    (LOGS / ("site-%s.log" % name)).write_text(proc.stdout + proc.stderr)
+    (LOGS / ("%s.log" % log_name)).write_text(proc.stdout + proc.stderr)
+    return proc, wall
+
+
+def site(name, *extra):
+    """Run playbooks/site.yml on the lab; returns (wall seconds, {host: (ok, changed, unreachable, failed)}, stdout)."""
+    if LAB["version"] != CURRENT_VERSION:
+        extra = ("-e", "gpuops_kubernetes_version=%s" % LAB["version"], *extra)
+    proc, wall = playbook("playbooks/site.yml", "site-%s" % name, *extra)
     recap = {m[0]: tuple(int(x) for x in m[1:]) for m in RECAP.findall(proc.stdout)}
     assert proc.returncode == 0, "site.yml (%s) failed, log %s:\n%s" % (name, LOGS / ("site-%s.log" % name),
                                                                        proc.stdout[-6000:])
@@ -112,22 +118,10 @@ def cluster_version():
     return m.group(1) if m else ""
 
 
-def node_versions():
-    """{node: kubelet version without the "v"} from the API."""
-    items = json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"]
-    return {n["metadata"]["name"]: n["status"]["nodeInfo"]["kubeletVersion"].lstrip("v") for n in items}
-
-
-def lab_exists():
-    """Any container carrying the lab node label (running or not)."""
-    proc = run(["podman", "ps", "-a", "-q", "--filter", "label=io.gpuops.kind=lab-node"], check=False, timeout=60)
-    return bool(proc.stdout.strip())
-
-
-def lab_any_node_running():
-    """Any lab node container that is running (``lab_exists`` counts stopped ones too)."""
-    proc = run(["podman", "ps", "-q", "--filter", "label=io.gpuops.kind=lab-node", "--filter", "status=running"],
-               check=False, timeout=60)
+def lab_exists(running=False):
+    """Any container carrying the lab node label (``running``: only a running one)."""
+    status = ["--filter", "status=running"] if running else ["-a"]
+    proc = run(["podman", "ps", "-q", "--filter", "label=io.gpuops.kind=lab-node", *status], check=False, timeout=60)
     return bool(proc.stdout.strip())
 
 

@@ -27,8 +27,8 @@ import time
 import pytest
 
 from tests.cluster.lab import (BUSYBOX, CONTROL, CPU, CURRENT_VERSION, GPU, LAB, LOGS, NODES, PREVIOUS_VERSION,
-                               REPO, VIP, ansible_env, cluster_version, etcd_api, host_sysctls, kubectl, node_exec,
-                               node_versions, record, run)
+                               REPO, VIP, cluster_version, etcd_api, host_sysctls, kubectl, node_exec, playbook,
+                               record, run)
 from tests.testbed.common import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -89,13 +89,7 @@ def _objects():
 
 def _upgrade(name, *extra):
     """ansible-playbook playbooks/upgrade.yml on the lab; (rc, wall seconds, stdout). Log in LOGS."""
-    t0 = time.monotonic()
-    proc = run(["ansible-playbook", "-i", "inventories/lab/hosts.yml", "playbooks/upgrade.yml", *extra],
-               timeout=2400, check=False,
-               env=ansible_env(ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks", PROFILE_TASKS_TASK_OUTPUT_LIMIT="20"))
-    wall = time.monotonic() - t0
-    LOGS.mkdir(parents=True, exist_ok=True)
-    (LOGS / ("upgrade-%s.log" % name)).write_text(proc.stdout + proc.stderr)
+    proc, wall = playbook("playbooks/upgrade.yml", "upgrade-%s" % name, *extra, timeout=2400)
     record("upgrade.yml %s: rc %d in %.0f s" % (name, proc.returncode, wall))
     return proc.returncode, wall, proc.stdout
 
@@ -121,6 +115,10 @@ def _resume(node):
     wait_for(lambda: _ready(_nodes()[node]), 300, "%s to be Ready after it was resumed" % node, interval=2)
 
 
+def _container_state(node):
+    return run(["podman", "container", "inspect", "--format", "{{.State.Status}}", node], check=False).stdout.strip()
+
+
 def _nodes():
     items = json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"]
     return {n["metadata"]["name"]: n for n in items}
@@ -140,7 +138,7 @@ def upgrade(lab):
     kubectl("-n", NS, "rollout", "status", "deployment/web", "--timeout=180s", timeout=200)
     kubectl("-n", NS, "rollout", "status", "deployment/pinned", "--timeout=180s", timeout=200)
     ip = kubectl("-n", NS, "get", "service", "web", "-o", "jsonpath={.spec.clusterIP}").stdout.strip()
-    info = {"before": node_versions(), "host_sysctls_before": lab["host_sysctls_before"]}
+    info = {"host_sysctls_before": lab["host_sysctls_before"]}
     # the load loop: in lab-cp1's own network namespace (kube-proxy's rules), bounded by `timeout`
     node_exec(LOADER, "rm", "-f", STOP_FILE)
     loop = LOAD_LOOP % {"stop": STOP_FILE, "web": "http://%s/" % ip, "api": "https://%s:6443/livez" % VIP}
@@ -149,15 +147,14 @@ def upgrade(lab):
                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     time.sleep(3)
     try:
-        # 1. a control plane stopped in the middle (the hook on CONTROL[0] stops STOPPED)
+        # 1. a control plane stopped in the middle (the hook on CONTROL[0] pauses STOPPED)
         hook = {"kubeadm_upgrade_post_hooks": [str(HOOK)], "gpuops_test_hook_node": CONTROL[0],
                 "gpuops_test_stop_node": STOPPED}
         info["cp_down"] = _upgrade("cp-down", "-e", json.dumps(hook))
         info["after_cp_down"] = {"nodes": _nodes(), "api": kubectl("get", "--raw", "/livez", check=False),
                                  "keepalived": node_exec(CONTROL[1], "systemctl", "is-active", "keepalived",
                                                          check=False).stdout.strip(),
-                                 "stopped": run(["podman", "container", "inspect", "--format", "{{.State.Status}}",
-                                                 STOPPED], check=False).stdout.strip()}
+                                 "stopped": _container_state(STOPPED)}
         _resume(STOPPED)
         # 2. the first worker's batch cannot drain (the "pinned" budget allows no disruption); two quick
         #    retries instead of the default six every 10 s
@@ -171,8 +168,7 @@ def upgrade(lab):
         if info["resumed"][0] == 0:
             LAB["version"] = CURRENT_VERSION   # later site.yml runs pin nothing
     finally:
-        if run(["podman", "container", "inspect", "--format", "{{.State.Status}}", STOPPED],
-               check=False).stdout.strip() == "paused":
+        if _container_state(STOPPED) == "paused":
             run(["podman", "unpause", STOPPED], check=False)   # a run that failed before _resume
         node_exec(LOADER, "touch", STOP_FILE, check=False)
         try:
@@ -268,7 +264,7 @@ def test_no_request_to_the_pdb_protected_service_failed(upgrade):
     load = upgrade["load"]
     failed = [r for r in load if r[1] != "200"]
     assert not failed, "%d of %d requests failed during the upgrade: %s" % (len(failed), len(load), failed[:10])
-    # the loop ran through both runs (one round every 0.2 s plus its time): minutes, not seconds
+    # the loop ran through the three runs (one round every 0.2 s plus its time): minutes, not seconds
     span = load[-1][0] - load[0][0]
     runs = upgrade["cp_down"][1] + upgrade["blocked"][1] + upgrade["resumed"][1]
     assert len(load) > 200 and span > runs - 30, (len(load), span, runs)
