@@ -1,5 +1,5 @@
 """Day-2 playbooks on the real lab cluster (issue 12): etcd backup and the restore drill, certificate
-renewal, the removal of a worker and of a control plane, each joined back with scale. Each test
+renewal, the Secrets encryption key rotation, the removal of a worker and of a control plane, each joined back with scale. Each test
 leaves the lab as it found it: 6 Ready nodes, 3 healthy etcd members. Runs after test_cluster.py on
 the shared lab (the ``lab`` fixture, tests/cluster/conftest.py).
 
@@ -7,6 +7,7 @@ Run: ``source scripts/env.sh; GPUOPS_LAB_REUSE=1 python -m pytest tests/cluster/
 Every ansible-playbook run's log goes to $GPUOPS_CACHE/lab/logs/day2-*.log; docs/day2.md says what
 each drill proves and what it does not."""
 
+import base64
 import hashlib
 import json
 import os
@@ -16,7 +17,9 @@ import uuid
 
 import pytest
 
-from tests.cluster.lab import CONTROL, IPS, LOGS, NODES, ZONES, ansible_env, etcd_api, kubectl, node_exec, record, run
+from plugins.filter.encryption import encryption_next_key_name
+from tests.cluster.lab import (BUSYBOX, CACHE, CONTROL, IPS, LOGS, NODES, ZONES, ansible_env, etcd_api, kubectl, node_exec,
+                               record, run)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -187,6 +190,100 @@ def test_certificates_forced_renewal_restarts_one_control_plane_and_serves_the_n
     assert set(exp) == set(new) and all(new[k] > exp[k] for k in exp), (exp, new)
     assert "lab-cp3: the API server serves the renewed certificate" in out
     assert_lab_whole()
+
+
+# the controller's key files of the lab (inventories/lab: kubeadm_control_plane_secrets_dir)
+SECRETS = CACHE / "lab" / "secrets"
+ROTATION_STATE = SECRETS / "encryption-rotation.json"
+
+
+def controller_key():
+    """(name, key) of the controller's current Secrets encryption key."""
+    name = SECRETS / "encryption-key.name"
+    return (name.read_text().strip() if name.exists() else "gpuops-1"), (SECRETS / "encryption-key").read_text().strip()
+
+
+def stored_secret_prefixes():
+    """{etcd key: first 48 bytes of the stored value} of every Secret, read from etcd itself (lab-cp1's member)."""
+    body = {"key": base64.b64encode(b"/registry/secrets/").decode(),
+            "range_end": base64.b64encode(b"/registry/secrets0").decode()}
+    kvs = etcd_api("lab-cp1", "/v3/kv/range", body).get("kvs", [])
+    return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"])[:48] for kv in kvs}
+
+
+def node_encryption_configs():
+    return {cp: node_exec(cp, "cat", "/etc/kubernetes/encryption/config.yaml").stdout for cp in CONTROL}
+
+
+def test_encryption_key_rotation_staged_then_resumed_rewrites_every_secret(day2):
+    """rotate_encryption_key.yml: check mode changes nothing; a run staged to stop after phase primary leaves
+    both keys on every API server (new writes under the new key, older Secrets still under the old one,
+    the state on the controller); a second run resumes, rewrites every Secret (checked here in etcd itself),
+    drops the old key; the controller's files follow; a pod started afterwards reads a Secret written
+    before the rotation; no log holds either key."""
+    old_name, old_key = controller_key()
+    new_name = encryption_next_key_name(old_name)
+    old_prefix, new_prefix = [("k8s:enc:secretbox:v1:%s:" % n).encode() for n in (old_name, new_name)]
+    tag = uuid.uuid4().hex[:6]
+    before, after = "gpuops-rot-before-" + tag, "gpuops-rot-after-" + tag
+    kubectl("-n", "default", "create", "secret", "generic", before, "--from-literal=k=before-%s" % tag)
+    configs = node_encryption_configs()
+    try:
+        rc, out = play("rotate-check", "rotate_encryption_key", "--check")
+        assert "Check mode: would rotate the Secrets encryption key %s -> %s" % (old_name, new_name) in out, out[-3000:]
+        assert not ROTATION_STATE.exists() and node_encryption_configs() == configs
+        assert controller_key() == (old_name, old_key)
+
+        rc, out = play("rotate-staged", "rotate_encryption_key", "-e", "encryption_key_rotation_stop_after=primary")
+        assert "Stopped after phase primary as asked" in out, out[-3000:]
+        state = json.loads(ROTATION_STATE.read_text())
+        assert state["done"] == ["add", "primary"] and state["name"] == new_name
+        assert (ROTATION_STATE.stat().st_mode & 0o777) == 0o600
+        for cp, cfg in node_encryption_configs().items():     # both keys, the new one first
+            assert cfg.index("name: %s" % new_name) < cfg.index("name: %s" % old_name), cp
+        kubectl("-n", "default", "create", "secret", "generic", after, "--from-literal=k=after-%s" % tag)
+        stored = stored_secret_prefixes()
+        assert stored["/registry/secrets/default/" + after].startswith(new_prefix)
+        assert stored["/registry/secrets/default/" + before].startswith(old_prefix)
+
+        t0 = time.monotonic()
+        rc, out = play("rotate-resume", "rotate_encryption_key")
+        record("day2 encryption key rotation: resumed run (rewrite, drop, 3 API server restarts) %.0f s"
+               % (time.monotonic() - t0))
+        assert "Resuming the rotation" in out and "phases done ['add', 'primary']" in out, out[-3000:]
+        assert "the old key is kept as" in out
+        stored = stored_secret_prefixes()
+        stale = sorted(k for k, v in stored.items() if not v.startswith(new_prefix))
+        assert stored and not stale, stale
+        for cp, cfg in node_encryption_configs().items():     # the new key alone
+            assert cfg.count("- name:") == 1 and "name: %s" % new_name in cfg and old_key not in cfg, cp
+        # the controller's files follow the cluster; the old key is kept for older etcd snapshots
+        name, key = controller_key()
+        assert (name, key != old_key) == (new_name, True)
+        retired = SECRETS / ("encryption-key.retired-%s" % old_name)
+        assert retired.read_text().strip() == old_key and not ROTATION_STATE.exists()
+        for f in [SECRETS / "encryption-key", SECRETS / "encryption-key.name", retired]:
+            assert (f.stat().st_mode & 0o777) == 0o600, f
+        # no run printed a key
+        for log in LOGS.glob("day2-rotate-*.log"):
+            text = log.read_text()
+            assert old_key not in text and key not in text, log
+        # a Secret written before the rotation: the API reads it, and a pod started now gets it from the kubelet
+        data = json.loads(kubectl("-n", "default", "get", "secret", before, "-o", "json").stdout)["data"]
+        assert base64.b64decode(data["k"]).decode() == "before-%s" % tag
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": before, "namespace": "default"},
+               "spec": {"restartPolicy": "Never",
+                        "containers": [{"name": "read", "image": BUSYBOX, "command": ["cat", "/secret/k"],
+                                        "volumeMounts": [{"name": "s", "mountPath": "/secret"}]}],
+                        "volumes": [{"name": "s", "secret": {"secretName": before}}]}}
+        kubectl("apply", "-f", "-", input_text=json.dumps(pod))
+        kubectl("-n", "default", "wait", "pod/" + before, "--for=jsonpath={.status.phase}=Succeeded", "--timeout=180s",
+                timeout=200)
+        assert kubectl("-n", "default", "logs", before).stdout.strip() == "before-%s" % tag
+        assert_lab_whole()
+    finally:
+        kubectl("-n", "default", "delete", "pod", before, "--ignore-not-found", "--wait=false", check=False)
+        kubectl("-n", "default", "delete", "secret", before, after, "--ignore-not-found", check=False)
 
 
 def test_remove_a_worker_and_add_it_back_with_scale(day2):
