@@ -4,14 +4,17 @@ artifact mirror by site.yml's vault layer (playbooks/platform.yml), bound to the
 Proves on the lab what molecule (roles/vault/molecule/default, no Kubernetes there) cannot: a real
 ServiceAccount token (TokenRequest, ``kubectl create token``: no pod, no Secret) logs in through the
 Kubernetes auth method and gets exactly the torchserve policy; a ServiceAccount the role does not bind
-is refused. Also: three unsealed Raft voters, the binary is the mirror's, a restarted node comes back
+is refused; after rotate_vault_secrets.yml that login reads the rotated value. Also: three unsealed
+Raft voters, the binary is the mirror's, a restarted node comes back
 sealed and the next vault.yml run unseals it, and no output (every lab log of the session) holds a key
 or token. A second run changing nothing is test_cluster.py's second site run (vault layer included).
 
 Run: ``GPUOPS_LAB_REUSE=1 python -m pytest tests/cluster/test_vault.py -m cluster``. Logs of each
 playbook run go to $GPUOPS_CACHE/lab/logs/vault-*.log."""
 
+import contextlib
 import json
+import os
 import time
 import uuid
 
@@ -75,51 +78,109 @@ def test_three_unsealed_raft_voters_with_the_mirror_binary(bao):
     assert audit["file/"]["type"] == "file", audit
 
 
-def test_serviceaccount_token_logs_in_with_least_privilege(bao):
-    """A TokenRequest token of the bound ServiceAccount logs in (no pod, no Secret); it reads its own KV
-    subtree and nothing else; an unbound ServiceAccount in the same namespace is refused."""
+@contextlib.contextmanager
+def workload_serviceaccount():
+    """The namespace and ServiceAccount the role binds (created when missing, removed again afterwards)."""
     created_ns = kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0
     if created_ns:
         kubectl("create", "namespace", NAMESPACE)
-    intruder = "intruder-" + uuid.uuid4().hex[:6]
     created_sa = kubectl("-n", NAMESPACE, "get", "serviceaccount", SA, check=False).returncode != 0
     try:
         if created_sa:
             kubectl("-n", NAMESPACE, "create", "serviceaccount", SA)
-        kubectl("-n", NAMESPACE, "create", "serviceaccount", intruder)
-        value = uuid.uuid4().hex
-        root = bao["root"]
-        root.secrets.kv.v2.create_or_update_secret(path="torchserve/model-store", secret={"key": value},
-                                                   mount_point="secret")
-        jwt = kubectl("-n", NAMESPACE, "create", "token", SA, "--duration=10m").stdout.strip()
-        client = hvac.Client(url=VAULT_API[CONTROL[1]], verify=str(VAULT_CA))
-        login = client.auth.kubernetes.login(role="torchserve", jwt=jwt)
-        assert login["auth"]["policies"] == ["default", "torchserve"] or \
-            sorted(login["auth"]["token_policies"]) == ["default", "torchserve"], login["auth"]
-        assert login["auth"]["metadata"]["service_account_name"] == SA
-        got = client.secrets.kv.v2.read_secret_version(path="torchserve/model-store", mount_point="secret",
-                                                       raise_on_deleted_version=True)
-        assert got["data"]["data"] == {"key": value}
-        with pytest.raises(hvac.exceptions.Forbidden):
-            client.secrets.kv.v2.read_secret_version(path="platform/istio/cacerts", mount_point="secret",
-                                                     raise_on_deleted_version=True)
-        with pytest.raises(hvac.exceptions.Forbidden):
-            client.secrets.kv.v2.create_or_update_secret(path="torchserve/model-store", secret={"key": "x"},
-                                                         mount_point="secret")
-        other = kubectl("-n", NAMESPACE, "create", "token", intruder, "--duration=10m").stdout.strip()
-        with pytest.raises((hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest)):
-            hvac.Client(url=VAULT_API[CONTROL[2]], verify=str(VAULT_CA)).auth.kubernetes.login(role="torchserve", jwt=other)
-        # nothing but the ServiceAccount and its TokenRequest: no token Secret, no pod of ours
-        secrets = json.loads(kubectl("-n", NAMESPACE, "get", "secrets", "-o", "json").stdout)["items"]
-        assert not [s for s in secrets if s["type"] == "kubernetes.io/service-account-token"], secrets
-        sa = json.loads(kubectl("-n", NAMESPACE, "get", "serviceaccount", SA, "-o", "json").stdout)
-        assert not sa.get("secrets"), sa
+        yield
     finally:
-        kubectl("-n", NAMESPACE, "delete", "serviceaccount", intruder, "--wait=false", check=False)
         if created_sa:
             kubectl("-n", NAMESPACE, "delete", "serviceaccount", SA, "--wait=false", check=False)
         if created_ns:
             kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+
+
+def workload_login():
+    """A TokenRequest token of the bound ServiceAccount, logged in through the Kubernetes auth method."""
+    jwt = kubectl("-n", NAMESPACE, "create", "token", SA, "--duration=10m").stdout.strip()
+    client = hvac.Client(url=VAULT_API[CONTROL[1]], verify=str(VAULT_CA))
+    return client, client.auth.kubernetes.login(role="torchserve", jwt=jwt)
+
+
+def test_serviceaccount_token_logs_in_with_least_privilege(bao):
+    """A TokenRequest token of the bound ServiceAccount logs in (no pod, no Secret); it reads its own KV
+    subtree and nothing else; an unbound ServiceAccount in the same namespace is refused."""
+    intruder = "intruder-" + uuid.uuid4().hex[:6]
+    with workload_serviceaccount():
+        kubectl("-n", NAMESPACE, "create", "serviceaccount", intruder)
+        try:
+            value = uuid.uuid4().hex
+            root = bao["root"]
+            root.secrets.kv.v2.create_or_update_secret(path="torchserve/model-store", secret={"key": value},
+                                                       mount_point="secret")
+            client, login = workload_login()
+            assert login["auth"]["policies"] == ["default", "torchserve"] or \
+                sorted(login["auth"]["token_policies"]) == ["default", "torchserve"], login["auth"]
+            assert login["auth"]["metadata"]["service_account_name"] == SA
+            got = client.secrets.kv.v2.read_secret_version(path="torchserve/model-store", mount_point="secret",
+                                                           raise_on_deleted_version=True)
+            assert got["data"]["data"] == {"key": value}
+            with pytest.raises(hvac.exceptions.Forbidden):
+                client.secrets.kv.v2.read_secret_version(path="platform/istio/cacerts", mount_point="secret",
+                                                         raise_on_deleted_version=True)
+            with pytest.raises(hvac.exceptions.Forbidden):
+                client.secrets.kv.v2.create_or_update_secret(path="torchserve/model-store", secret={"key": "x"},
+                                                             mount_point="secret")
+            other = kubectl("-n", NAMESPACE, "create", "token", intruder, "--duration=10m").stdout.strip()
+            with pytest.raises((hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest)):
+                hvac.Client(url=VAULT_API[CONTROL[2]], verify=str(VAULT_CA)).auth.kubernetes.login(role="torchserve",
+                                                                                      jwt=other)
+            # nothing but the ServiceAccount and its TokenRequest: no token Secret, no pod of ours
+            secrets = json.loads(kubectl("-n", NAMESPACE, "get", "secrets", "-o", "json").stdout)["items"]
+            assert not [s for s in secrets if s["type"] == "kubernetes.io/service-account-token"], secrets
+            sa = json.loads(kubectl("-n", NAMESPACE, "get", "serviceaccount", SA, "-o", "json").stdout)
+            assert not sa.get("secrets"), sa
+        finally:
+            kubectl("-n", NAMESPACE, "delete", "serviceaccount", intruder, "--wait=false", check=False)
+
+
+def test_kv_rotation_the_workloads_login_reads_the_new_version(bao, tmp_path):
+    """rotate_vault_secrets.yml on the lab's OpenBao with a rotator token limited to one path: one new
+    version, the other key kept; the workload's Kubernetes login (ServiceAccount token, role torchserve)
+    reads the new value, and the previous version is still there for a consumer that has not re-read."""
+    root, tag = bao["root"], uuid.uuid4().hex[:6]
+    path, old = "torchserve/rotation-%s" % tag, "old-%s" % uuid.uuid4().hex
+    root.secrets.kv.v2.create_or_update_secret(path=path, secret={"password": old, "user": "serving"},
+                                               mount_point="secret")
+    policy = "rotator-" + tag
+    root.sys.create_or_update_policy(name=policy, policy='path "secret/data/%s" { capabilities = ["read", "update"] }'
+                                     % path)
+    token = root.auth.token.create(policies=[policy], no_default_policy=True, ttl="15m")["auth"]["client_token"]
+    token_file = tmp_path / "rotator.token"
+    fd = os.open(str(token_file), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    try:
+        proc = run(["ansible-playbook", "-i", "inventories/lab/hosts.yml", "playbooks/rotate_vault_secrets.yml",
+                    "-e", "vault_secret_rotation_token_file=%s" % token_file,
+                    "-e", json.dumps({"vault_secret_rotation_secrets": [{"path": path, "keys": ["password"]}]})],
+                   timeout=600, check=False, env=ansible_env())
+        out = proc.stdout + proc.stderr
+        (LOGS / "vault-kv-rotation.log").write_text(out)
+        bao["outputs"].append(out)
+        assert proc.returncode == 0, out[-4000:]
+        assert "secret/%s (version 1 -> 2, new password)" % path in " ".join(out.split())
+        with workload_serviceaccount():
+            client, _ = workload_login()
+            now = client.secrets.kv.v2.read_secret_version(path=path, mount_point="secret",
+                                                           raise_on_deleted_version=True)["data"]
+            assert now["metadata"]["version"] == 2 and now["data"]["user"] == "serving"
+            new = now["data"]["password"]
+            assert new != old and len(new) == 32
+            before = client.secrets.kv.v2.read_secret_version(path=path, mount_point="secret", version=1,
+                                                              raise_on_deleted_version=True)["data"]["data"]
+            assert before["password"] == old
+        assert new not in out and token not in out
+    finally:
+        root.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="secret")
+        root.sys.delete_policy(name=policy)
+        root.auth.token.revoke(token)
 
 
 def test_restarted_node_is_unsealed_by_the_next_run(bao):
