@@ -12,7 +12,6 @@ or token. A second run changing nothing is test_cluster.py's second site run (va
 Run: ``GPUOPS_LAB_REUSE=1 python -m pytest tests/cluster/test_vault.py -m cluster``. Logs of each
 playbook run go to $GPUOPS_CACHE/lab/logs/vault-*.log."""
 
-import contextlib
 import json
 import os
 import time
@@ -78,9 +77,10 @@ def test_three_unsealed_raft_voters_with_the_mirror_binary(bao):
     assert audit["file/"]["type"] == "file", audit
 
 
-@contextlib.contextmanager
-def workload_serviceaccount():
-    """The namespace and ServiceAccount the role binds (created when missing, removed again afterwards)."""
+@pytest.fixture(scope="module")
+def workload_sa(bao):
+    """The namespace and ServiceAccount the role binds, for the module's tests (created when missing, removed
+    at the end: a namespace deleted between two tests is still terminating when the next one creates it)."""
     created_ns = kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0
     if created_ns:
         kubectl("create", "namespace", NAMESPACE)
@@ -103,44 +103,43 @@ def workload_login():
     return client, client.auth.kubernetes.login(role="torchserve", jwt=jwt)
 
 
-def test_serviceaccount_token_logs_in_with_least_privilege(bao):
+def test_serviceaccount_token_logs_in_with_least_privilege(bao, workload_sa):
     """A TokenRequest token of the bound ServiceAccount logs in (no pod, no Secret); it reads its own KV
     subtree and nothing else; an unbound ServiceAccount in the same namespace is refused."""
     intruder = "intruder-" + uuid.uuid4().hex[:6]
-    with workload_serviceaccount():
-        kubectl("-n", NAMESPACE, "create", "serviceaccount", intruder)
-        try:
-            value = uuid.uuid4().hex
-            root = bao["root"]
-            root.secrets.kv.v2.create_or_update_secret(path="torchserve/model-store", secret={"key": value},
-                                                       mount_point="secret")
-            client, login = workload_login()
-            assert login["auth"]["policies"] == ["default", "torchserve"] or \
-                sorted(login["auth"]["token_policies"]) == ["default", "torchserve"], login["auth"]
-            assert login["auth"]["metadata"]["service_account_name"] == SA
-            got = client.secrets.kv.v2.read_secret_version(path="torchserve/model-store", mount_point="secret",
-                                                           raise_on_deleted_version=True)
-            assert got["data"]["data"] == {"key": value}
-            with pytest.raises(hvac.exceptions.Forbidden):
-                client.secrets.kv.v2.read_secret_version(path="platform/istio/cacerts", mount_point="secret",
-                                                         raise_on_deleted_version=True)
-            with pytest.raises(hvac.exceptions.Forbidden):
-                client.secrets.kv.v2.create_or_update_secret(path="torchserve/model-store", secret={"key": "x"},
-                                                             mount_point="secret")
-            other = kubectl("-n", NAMESPACE, "create", "token", intruder, "--duration=10m").stdout.strip()
-            with pytest.raises((hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest)):
-                hvac.Client(url=VAULT_API[CONTROL[2]], verify=str(VAULT_CA)).auth.kubernetes.login(role="torchserve",
-                                                                                      jwt=other)
-            # nothing but the ServiceAccount and its TokenRequest: no token Secret, no pod of ours
-            secrets = json.loads(kubectl("-n", NAMESPACE, "get", "secrets", "-o", "json").stdout)["items"]
-            assert not [s for s in secrets if s["type"] == "kubernetes.io/service-account-token"], secrets
-            sa = json.loads(kubectl("-n", NAMESPACE, "get", "serviceaccount", SA, "-o", "json").stdout)
-            assert not sa.get("secrets"), sa
-        finally:
-            kubectl("-n", NAMESPACE, "delete", "serviceaccount", intruder, "--wait=false", check=False)
+    kubectl("-n", NAMESPACE, "create", "serviceaccount", intruder)
+    try:
+        value = uuid.uuid4().hex
+        root = bao["root"]
+        root.secrets.kv.v2.create_or_update_secret(path="torchserve/model-store", secret={"key": value},
+                                                   mount_point="secret")
+        client, login = workload_login()
+        assert login["auth"]["policies"] == ["default", "torchserve"] or \
+            sorted(login["auth"]["token_policies"]) == ["default", "torchserve"], login["auth"]
+        assert login["auth"]["metadata"]["service_account_name"] == SA
+        got = client.secrets.kv.v2.read_secret_version(path="torchserve/model-store", mount_point="secret",
+                                                       raise_on_deleted_version=True)
+        assert got["data"]["data"] == {"key": value}
+        with pytest.raises(hvac.exceptions.Forbidden):
+            client.secrets.kv.v2.read_secret_version(path="platform/istio/cacerts", mount_point="secret",
+                                                     raise_on_deleted_version=True)
+        with pytest.raises(hvac.exceptions.Forbidden):
+            client.secrets.kv.v2.create_or_update_secret(path="torchserve/model-store", secret={"key": "x"},
+                                                         mount_point="secret")
+        other = kubectl("-n", NAMESPACE, "create", "token", intruder, "--duration=10m").stdout.strip()
+        with pytest.raises((hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest)):
+            hvac.Client(url=VAULT_API[CONTROL[2]], verify=str(VAULT_CA)).auth.kubernetes.login(role="torchserve",
+                                                                                  jwt=other)
+        # nothing but the ServiceAccount and its TokenRequest: no token Secret, no pod of ours
+        secrets = json.loads(kubectl("-n", NAMESPACE, "get", "secrets", "-o", "json").stdout)["items"]
+        assert not [s for s in secrets if s["type"] == "kubernetes.io/service-account-token"], secrets
+        sa = json.loads(kubectl("-n", NAMESPACE, "get", "serviceaccount", SA, "-o", "json").stdout)
+        assert not sa.get("secrets"), sa
+    finally:
+        kubectl("-n", NAMESPACE, "delete", "serviceaccount", intruder, "--wait=false", check=False)
 
 
-def test_kv_rotation_the_workloads_login_reads_the_new_version(bao, tmp_path):
+def test_kv_rotation_the_workloads_login_reads_the_new_version(bao, workload_sa, tmp_path):
     """rotate_vault_secrets.yml on the lab's OpenBao with a rotator token limited to one path: one new
     version, the other key kept; the workload's Kubernetes login (ServiceAccount token, role torchserve)
     reads the new value, and the previous version is still there for a consumer that has not re-read."""
@@ -166,16 +165,15 @@ def test_kv_rotation_the_workloads_login_reads_the_new_version(bao, tmp_path):
         bao["outputs"].append(out)
         assert proc.returncode == 0, out[-4000:]
         assert "secret/%s (version 1 -> 2, new password)" % path in " ".join(out.split())
-        with workload_serviceaccount():
-            client, _ = workload_login()
-            now = client.secrets.kv.v2.read_secret_version(path=path, mount_point="secret",
-                                                           raise_on_deleted_version=True)["data"]
-            assert now["metadata"]["version"] == 2 and now["data"]["user"] == "serving"
-            new = now["data"]["password"]
-            assert new != old and len(new) == 32
-            before = client.secrets.kv.v2.read_secret_version(path=path, mount_point="secret", version=1,
-                                                              raise_on_deleted_version=True)["data"]["data"]
-            assert before["password"] == old
+        client, _ = workload_login()
+        now = client.secrets.kv.v2.read_secret_version(path=path, mount_point="secret",
+                                                       raise_on_deleted_version=True)["data"]
+        assert now["metadata"]["version"] == 2 and now["data"]["user"] == "serving"
+        new = now["data"]["password"]
+        assert new != old and len(new) == 32
+        before = client.secrets.kv.v2.read_secret_version(path=path, mount_point="secret", version=1,
+                                                          raise_on_deleted_version=True)["data"]["data"]
+        assert before["password"] == old
         assert new not in out and token not in out
     finally:
         root.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="secret")
