@@ -47,6 +47,16 @@ def _write_private(path: Path, text: str) -> Path:
     return path
 
 
+def kv_v2_client(bao):
+    """A root client of the test bed's raft node, unsealed, with KV v2 mounted at secret/ (as roles/vault leaves it)."""
+    if bao.is_sealed():
+        bao.unseal()
+    c = bao.client()
+    if "secret/" not in c.sys.list_mounted_secrets_engines()["data"]:
+        bao.enable_kv_v2("secret")
+    return c
+
+
 class _Writer:
     """hvac client whose write() takes the body as keywords (hvac 2 wants write_data(path, data=...))."""
 
@@ -96,11 +106,7 @@ def _issue_like_the_vault_role(c, uid: str) -> dict:
 def vault_kv(openbao_raft, tmp_path_factory):
     """KV entries as roles/vault leaves them, the deployer policy and token (0600 file), a root token file."""
     bao = openbao_raft
-    if bao.is_sealed():
-        bao.unseal()
-    c = bao.client()
-    if "secret/" not in c.sys.list_mounted_secrets_engines()["data"]:
-        bao.enable_kv_v2("secret")
+    c = kv_v2_client(bao)
     uid = uuid.uuid4().hex[:8]
     issued = _issue_like_the_vault_role(c, uid)
     c.sys.create_or_update_policy(name="platform-deployer", policy=_vault_role_policy())

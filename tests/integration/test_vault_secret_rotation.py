@@ -18,7 +18,7 @@ import uuid
 import pytest
 import yaml
 
-from tests.integration.test_istio_vault import _write_private
+from tests.integration.test_istio_vault import _write_private, kv_v2_client
 from tests.integration.test_platform_helm import brief, inventory, run
 
 pytestmark = [pytest.mark.integration]
@@ -27,11 +27,7 @@ pytestmark = [pytest.mark.integration]
 @pytest.fixture(scope="module")
 def kv(openbao_raft, tmp_path_factory):
     bao = openbao_raft
-    if bao.is_sealed():
-        bao.unseal()
-    c = bao.client()
-    if "secret/" not in c.sys.list_mounted_secrets_engines()["data"]:
-        bao.enable_kv_v2("secret")
+    c = kv_v2_client(bao)
     uid = uuid.uuid4().hex[:8]
     sub = "rot-%s" % uid
     c.sys.create_or_update_policy(name="rotator-" + uid, policy=(
