@@ -16,6 +16,7 @@ import pytest
 
 from tests.cluster.lab import (BUSYBOX, CACHE, CONTROL, GPU, IPS, KUBECONFIG, LOGS, NODES, VIP, ZONES, etcd_api,
                                host_sysctls, kubectl, node_exec, record, run, site)
+from tests.testbed.common import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -97,6 +98,14 @@ def test_static_pods_run_on_all_three_control_planes(lab):
     for cp in CONTROL:
         for comp in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]:
             assert "%s-%s" % (comp, cp) in running, ("%s-%s" % (comp, cp), sorted(running))
+
+
+def test_api_servers_stop_in_seconds_not_at_the_kubelet_grace_period(lab):
+    # kubeadm_control_plane_apiserver_send_retry_after: without the flag an API server waits for its
+    # watches until the kubelet kills it 30 s later, on every restart (upgrade, key rotation, renewal)
+    for cp in CONTROL:
+        args = node_exec(cp, "cat", "/etc/kubernetes/manifests/kube-apiserver.yaml").stdout.split()
+        assert "--shutdown-send-retry-after=true" in args, (cp, [a for a in args if a.startswith("--")])
 
 
 def test_etcd_has_three_healthy_members(lab):
@@ -209,7 +218,9 @@ def test_vip_answers_after_the_api_server_holding_it_stops(lab):
             time.sleep(1)
         else:
             pytest.fail("the VIP did not move away from %s within 90 s (holder now %s)" % (holder, _vip_holder()))
-        assert not _livez("https://%s:6443/livez" % IPS[holder])
+        # the stopped server drains for a second or two (--shutdown-send-retry-after), then is gone
+        wait_for(lambda: not _livez("https://%s:6443/livez" % IPS[holder]), 30,
+                 "the API server of %s to stop answering once its manifest was removed" % holder, interval=1)
         kubectl("get", "nodes")  # the API through the VIP (admin.conf) answers
     finally:
         node_exec(holder, "mv", "/root/kube-apiserver.yaml.gpuops-test", manifest)
