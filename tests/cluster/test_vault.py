@@ -13,7 +13,6 @@ Run: ``GPUOPS_LAB_REUSE=1 python -m pytest tests/cluster/test_vault.py -m cluste
 playbook run go to $GPUOPS_CACHE/lab/logs/vault-*.log."""
 
 import json
-import os
 import time
 import uuid
 
@@ -23,6 +22,7 @@ import requests
 
 from tests.cluster.lab import (CACHE, CONTROL, LOGS, RECAP, VAULT_API, VAULT_CA, VAULT_SECRETS, ansible_env, kubectl,
                                node_exec, record, run)
+from tests.testbed.common import write_private
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -151,10 +151,7 @@ def test_kv_rotation_the_workloads_login_reads_the_new_version(bao, workload_sa,
     root.sys.create_or_update_policy(name=policy, policy='path "secret/data/%s" { capabilities = ["read", "update"] }'
                                      % path)
     token = root.auth.token.create(policies=[policy], no_default_policy=True, ttl="15m")["auth"]["client_token"]
-    token_file = tmp_path / "rotator.token"
-    fd = os.open(str(token_file), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
+    token_file = write_private(tmp_path / "rotator.token", token)
     try:
         proc = run(["ansible-playbook", "-i", "inventories/lab/hosts.yml", "playbooks/rotate_vault_secrets.yml",
                     "-e", "vault_secret_rotation_token_file=%s" % token_file,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import os
 import uuid
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from tests.integration.test_platform_helm import brief, inventory, run
+from tests.testbed.common import write_private
 
 pytestmark = [pytest.mark.integration]
 
@@ -38,13 +38,6 @@ def _vault_role_policy() -> str:
     tmpl = yaml.safe_load((REPO / "roles/vault/vars/main.yml").read_text())["_vault_deployer_policy_hcl"]
     return jinja2.Template(tmpl).render(**{k: defaults[k] for k in
                                            ("vault_kv_mount", "vault_mesh_ca_kv_path", "vault_ingress_kv_path")})
-
-
-def _write_private(path: Path, text: str) -> Path:
-    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text + "\n")
-    return path
 
 
 def kv_v2_client(bao):
@@ -123,10 +116,10 @@ def vault_kv(openbao_raft, tmp_path_factory):
     yield {"bao": bao, "token": token, "work": work, **issued,
            "approle": {"istio_vault_auth": "approle", "istio_vault_approle_mount": approle,
                        "istio_vault_role_id": role_id,
-                       "istio_vault_secret_id_file": str(_write_private(work / "secret-id", secret_id))},
+                       "istio_vault_secret_id_file": str(write_private(work / "secret-id", secret_id))},
            "secret_id": secret_id,
-           "token_file": _write_private(work / "platform-deployer.token", token),
-           "root_token_file": _write_private(work / "root.token", bao.token)}
+           "token_file": write_private(work / "platform-deployer.token", token),
+           "root_token_file": write_private(work / "root.token", bao.token)}
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +216,7 @@ def test_approle_login_reads_and_checks_the_same_entries(vault_kv):
           "istio_vault_ca_cert": vault_kv["bao"].ca_cert, **vault_kv["approle"]}
     inv = inventory(work / "hosts.yml", {})
     # beside it, a wrong secret id: the failure names the path and the AppRole options, not the secret
-    bad = _write_private(work / "bad-secret-id", "0" * 36)
+    bad = write_private(work / "bad-secret-id", "0" * 36)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         bad_run = pool.submit(run, pb, work / "bad", inv, dict(xv, istio_vault_secret_id_file=str(bad)))
         r = run(pb, work / "good", inv, xv)

@@ -41,7 +41,7 @@ import jinja2
 import pytest
 import yaml
 
-from tests.testbed.common import require_binary, run_json_playbook
+from tests.testbed.common import require_binary, run_json_playbook, write_private
 from tests.testbed.openbao import OpenBao
 
 pytestmark = [pytest.mark.integration]
@@ -218,7 +218,7 @@ def pgp_vault(tmp_path_factory, keep_logs):
         # a deployer token with less than half its period left: an explicit max TTL (24h) under the
         # 768h period makes one without waiting; the role renews it and keeps it
         short = deployer_token("24h")
-        _write_token(token_file, short)
+        write_private(token_file, short)
         stats["short"] = token_file.stat()
         tokens["short"] = short
         deployer_run("renew")
@@ -228,7 +228,7 @@ def pgp_vault(tmp_path_factory, keep_logs):
         deployer_run("missing")
         # an expired token in the file (explicit max TTL 2 s, waited out until the server refuses it)
         tokens["expired"] = deployer_token("2s")
-        _write_token(token_file, tokens["expired"])
+        write_private(token_file, tokens["expired"])
         _wait_refused(root_client, tokens["expired"])
         deployer_run("expired", token_key="after_expired")
         for n, r in runs.items():
@@ -298,12 +298,6 @@ def test_no_plaintext_share_or_token_in_any_output(pgp_vault):
     for name, r in pgp_vault["runs"].items():
         for s in secrets:
             assert s not in r["output"], f"a secret ({len(s)} chars) is in the output of run {name}"
-
-
-def _write_token(path: Path, token: str) -> None:
-    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
 
 
 def _wait_refused(client, token: str, timeout: float = 30.0) -> None:

@@ -18,8 +18,9 @@ import uuid
 import pytest
 import yaml
 
-from tests.integration.test_istio_vault import _write_private, kv_v2_client
+from tests.integration.test_istio_vault import kv_v2_client
 from tests.integration.test_platform_helm import brief, inventory, run
+from tests.testbed.common import write_private
 
 pytestmark = [pytest.mark.integration]
 
@@ -42,7 +43,7 @@ def kv(openbao_raft, tmp_path_factory):
                                    "roles": [{"role": "gpuops.cluster.vault_secret_rotation"}]}]))
     yield {"bao": bao, "root": c, "sub": sub, "work": work, "pb": pb, "inv": inventory(work / "hosts.yml", {}),
            "rotator": rotator, "reader": reader, "outputs": [],
-           "token_file": _write_private(work / "rotator.token", rotator)}
+           "token_file": write_private(work / "rotator.token", rotator)}
 
 
 def play(kv, secrets, check=False, **extra):

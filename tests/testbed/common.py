@@ -44,6 +44,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def write_private(path: Path, data) -> Path:
+    """Write a secret to ``path``, mode 0600 from the start (never world-readable, not even for an
+    instant; an existing file is truncated and made 0600). ``data``: bytes as they are (a key), or a
+    str ending in a newline (a token or secret id: one line). Returns the path."""
+    raw = data if isinstance(data, bytes) else (data if data.endswith("\n") else data + "\n").encode()
+    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(raw)
+    os.chmod(path, 0o600)
+    return Path(path)
+
+
 def wait_for(check: Callable[[], bool], timeout: float, what: str,
              interval: float = 0.25, procs: Optional[List["Proc"]] = None) -> None:
     """Poll ``check`` until it returns truthy; raise with the log tail on timeout."""

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from tests.testbed.common import Component, TestbedError, free_port, require_binary, wait_for
+from tests.testbed.common import Component, TestbedError, free_port, require_binary, wait_for, write_private
 
 MODES = ("dev", "raft")
 BUILD_HINT = "run scripts/setup openbao (builds $GPUOPS_CACHE/bin/bao from source)"
@@ -65,14 +65,6 @@ def free_port_pair() -> int:
         if port < 65535 and _port_free(port + 1):
             return port
     raise TestbedError("no free pair of adjacent TCP ports on 127.0.0.1")
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a file readable by its owner only (created 0600, never world-readable in between)."""
-    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(path, 0o600)
 
 
 def generate_tls(directory: Path, hosts: Tuple[str, ...] = ("127.0.0.1", "localhost"),
@@ -131,7 +123,7 @@ def generate_tls(directory: Path, hosts: Tuple[str, ...] = ("127.0.0.1", "localh
     paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    _write_private(paths["key"], key_pem)
+    write_private(paths["key"], key_pem)
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -307,7 +299,7 @@ class OpenBao(Component):
         data = {"root_token": result["root_token"], "unseal_keys": list(result["keys"]),
                 "unseal_keys_b64": list(result["keys_base64"]),
                 "key_shares": self.key_shares, "key_threshold": self.key_threshold}
-        _write_private(self.init_file, (json.dumps(data, indent=2) + "\n").encode())
+        write_private(self.init_file, (json.dumps(data, indent=2) + "\n").encode())
         self._load_init()
 
     def _load_init(self) -> None:
