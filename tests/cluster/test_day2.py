@@ -20,6 +20,7 @@ import pytest
 from plugins.filter.encryption import encryption_next_key_name
 from tests.cluster.lab import (BUSYBOX, CACHE, CONTROL, IPS, LOGS, NODES, ZONES, ansible_env, etcd_api, kubectl, node_exec,
                                record, run)
+from tests.testbed.common import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -215,12 +216,18 @@ def node_encryption_configs():
     return {cp: node_exec(cp, "cat", "/etc/kubernetes/encryption/config.yaml").stdout for cp in CONTROL}
 
 
+ROTATION_STASH = "/etc/kubernetes/gpuops-encryption-rotation"   # encryption_key_rotation_stash_dir
+APISERVER_MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
+STASHED_CP = CONTROL[1]
+
+
 def test_encryption_key_rotation_staged_then_resumed_rewrites_every_secret(day2):
     """rotate_encryption_key.yml: check mode changes nothing; a run staged to stop after phase primary leaves
     both keys on every API server (new writes under the new key, older Secrets still under the old one,
     the state on the controller); a second run resumes, rewrites every Secret (checked here in etcd itself),
     drops the old key; the controller's files follow; a pod started afterwards reads a Secret written
-    before the rotation; no log holds either key."""
+    before the rotation; no log holds either key. Between the two runs lab-cp2's API server is left as a run
+    stopped inside a restart leaves it (manifest in the stash, server down): the second run puts it back first."""
     old_name, old_key = controller_key()
     new_name = encryption_next_key_name(old_name)
     old_prefix, new_prefix = [("k8s:enc:secretbox:v1:%s:" % n).encode() for n in (old_name, new_name)]
@@ -247,6 +254,14 @@ def test_encryption_key_rotation_staged_then_resumed_rewrites_every_secret(day2)
         assert stored["/registry/secrets/default/" + after].startswith(new_prefix)
         assert stored["/registry/secrets/default/" + before].startswith(old_prefix)
 
+        # a run stopped inside a restart, between "manifest out" and "manifest back": lab-cp2's API server
+        # down, its manifest in the rotation's stash. The re-run puts it back, waits for it, and goes on.
+        node_exec(STASHED_CP, "mkdir", "-p", ROTATION_STASH)
+        node_exec(STASHED_CP, "mv", APISERVER_MANIFEST, ROTATION_STASH + "/kube-apiserver.yaml")
+        wait_for(lambda: node_exec(STASHED_CP, "curl", "-sk", "-m", "2", "https://127.0.0.1:6443/livez",
+                                   check=False).returncode != 0,
+                 120, "the API server of %s to stop once its manifest is in the stash" % STASHED_CP, interval=1)
+
         t0 = time.monotonic()
         rc, out = play("rotate-resume", "rotate_encryption_key")
         record("day2 encryption key rotation: resumed run (rewrite, drop, 3 API server restarts) %.0f s"
@@ -254,6 +269,10 @@ def test_encryption_key_rotation_staged_then_resumed_rewrites_every_secret(day2)
         assert "Resuming the rotation of the Secrets encryption key %s -> %s" % (old_name, new_name) in out, out[-3000:]
         assert "phases done: add, primary; to do: rewrite, drop." in out, out[-3000:]
         assert "the old key is kept as" in out
+        put_back = out.split("Put them back (a re-run resumes)", 1)[1].split("TASK [", 1)[0]
+        assert "changed: [%s]" % STASHED_CP in put_back, put_back
+        assert node_exec(STASHED_CP, "ls", "-A", ROTATION_STASH).stdout.split() == []
+        node_exec(STASHED_CP, "test", "-s", APISERVER_MANIFEST)
         stored = stored_secret_prefixes()
         stale = sorted(k for k, v in stored.items() if not v.startswith(new_prefix))
         assert stored and not stale, stale
