@@ -6,7 +6,7 @@ SHELL := /bin/bash
 .PHONY: lab lab-down test setup lint unit integration molecule vm cluster sanity build
 
 lab:
-	scripts/setup base node-image k8s k8s-mirror cluster-images lab-node-image
+	scripts/setup base node-image k8s k8s-mirror cluster-images lab-node-image helm
 	scripts/lab up
 	scripts/site-lab
 
@@ -41,5 +41,5 @@ vm:
 	scripts/test vm
 
 cluster:
-	scripts/setup base node-image k8s k8s-mirror cluster-images lab-node-image
+	scripts/setup base node-image k8s k8s-mirror cluster-images lab-node-image helm
 	scripts/test cluster
