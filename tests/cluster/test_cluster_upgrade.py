@@ -13,6 +13,10 @@ upgraded cluster. One upgrade, three runs, each a failure drill of the issue:
    touched;
 3. the budget removed, the re-run resumes: the control planes are skipped, the workers upgraded.
 
+A pre-upgrade hook (tests/cluster/files/upgrade-hook-record.yml) in all three runs writes down, on each
+node, its kubelet version and cordon as the hook runs: every node must have run it once, drained and
+still at the previous version.
+
 During all three runs a load loop on lab-cp1 (in the node's own network namespace, so no drain stops
 it) asks, every 0.2 s, a ClusterIP Service backed by a Deployment of three web servers whose own budget
 keeps two available (no request may fail) and the API through the VIP.
@@ -40,6 +44,9 @@ LOADER = CONTROL[0]
 STOPPED = CONTROL[2]                # the control plane stopped by the hook on CONTROL[0]
 STOP_FILE = "/tmp/gpuops-upgrade-load.stop"
 HOOK = REPO / "tests" / "cluster" / "files" / "upgrade-hook-stop-node.yml"
+PRE_HOOK = REPO / "tests" / "cluster" / "files" / "upgrade-hook-record.yml"    # every run: what a node is at its hook
+PRE_HOOK_MARK = "/var/tmp/gpuops-upgrade-pre-hook"
+PRE_HOOKS = json.dumps({"kubeadm_upgrade_pre_hooks": [str(PRE_HOOK)]})
 TOLERATE_GPU = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
@@ -149,7 +156,7 @@ def upgrade(lab):
     try:
         # 1. a control plane stopped in the middle (the hook on CONTROL[0] pauses STOPPED)
         hook = {"kubeadm_upgrade_post_hooks": [str(HOOK)], "gpuops_test_hook_node": CONTROL[0],
-                "gpuops_test_stop_node": STOPPED}
+                "gpuops_test_stop_node": STOPPED, "kubeadm_upgrade_pre_hooks": [str(PRE_HOOK)]}
         info["cp_down"] = _upgrade("cp-down", "-e", json.dumps(hook))
         info["after_cp_down"] = {"nodes": _nodes(), "api": kubectl("get", "--raw", "/livez", check=False),
                                  "keepalived": node_exec(CONTROL[1], "systemctl", "is-active", "keepalived",
@@ -158,12 +165,14 @@ def upgrade(lab):
         _resume(STOPPED)
         # 2. the first worker's batch cannot drain (the "pinned" budget allows no disruption); two quick
         #    retries instead of the default six every 10 s
-        info["blocked"] = _upgrade("blocked", "-e", "kubeadm_upgrade_drain_retries=1", "-e", "kubeadm_upgrade_drain_delay=3")
+        info["blocked"] = _upgrade("blocked", "-e", "kubeadm_upgrade_drain_retries=1", "-e", "kubeadm_upgrade_drain_delay=3",
+                                   "-e", PRE_HOOKS)
         info["after_blocked"] = _nodes()
         info["cluster_after_blocked"] = cluster_version()
         # 3. the budget removed, the re-run resumes
         kubectl("-n", NS, "delete", "poddisruptionbudget", "pinned")
-        info["resumed"] = _upgrade("resumed")
+        info["resumed"] = _upgrade("resumed", "-e", PRE_HOOKS)
+        info["pre_hook"] = {n: node_exec(n, "cat", PRE_HOOK_MARK, check=False).stdout.split() for n in NODES}
         info["after"] = _nodes()
         if info["resumed"][0] == 0:
             LAB["version"] = CURRENT_VERSION   # later site.yml runs pin nothing
@@ -245,6 +254,9 @@ def test_the_rerun_resumes_and_every_node_ends_ready_at_the_target(upgrade):
     for n in CONTROL:
         for c in ["kube-apiserver", "kube-controller-manager", "kube-scheduler"]:
             assert images.get("%s-%s" % (c, n), "").endswith(":v" + CURRENT_VERSION), (c, n, images)
+    # the pre-upgrade hook ran once on every node: drained (cordoned), nothing of it upgraded yet
+    for n in NODES:
+        assert upgrade["pre_hook"][n] == ["v" + PREVIOUS_VERSION, "true"], (n, upgrade["pre_hook"][n])
     # the packages followed: kubeadm, kubelet and kubectl at the target on every node
     for n in NODES:
         got = node_exec(n, "dpkg-query", "-W", "-f", "${Version} ", "kubeadm", "kubelet", "kubectl").stdout.split()
