@@ -11,7 +11,9 @@ upgraded cluster. One upgrade, three runs, each a failure drill of the issue:
    to the first worker. The re-run skips lab-cp1, upgrades lab-cp2 and lab-cp3, then the first
    worker's batch stops naming the node and the budget; the node is uncordoned and no other worker is
    touched;
-3. the budget removed, the re-run resumes: the control planes are skipped, the workers upgraded.
+3. the budget still there, the re-run resumes with kubeadm_upgrade_force_past_pdb=true (the named flag
+   that forces past a budget: the drain deletes pods instead of evicting them): the control planes are
+   skipped, the workers upgraded, the pinned pod deleted, its budget left in place.
 
 A pre-upgrade hook (tests/cluster/files/upgrade-hook-record.yml) in all three runs writes down, on each
 node, its kubelet version and cordon as the hook runs: every node must have run it once, drained and
@@ -122,6 +124,11 @@ def _resume(node):
     wait_for(lambda: _ready(_nodes()[node]), 300, "%s to be Ready after it was resumed" % node, interval=2)
 
 
+def _pod_names(app):
+    pods = json.loads(kubectl("-n", NS, "get", "pods", "-l", "app=" + app, "-o", "json").stdout)["items"]
+    return sorted(p["metadata"]["name"] for p in pods)
+
+
 def _container_state(node):
     return run(["podman", "container", "inspect", "--format", "{{.State.Status}}", node], check=False).stdout.strip()
 
@@ -169,9 +176,12 @@ def upgrade(lab):
                                    "-e", PRE_HOOKS)
         info["after_blocked"] = _nodes()
         info["cluster_after_blocked"] = cluster_version()
-        # 3. the budget removed, the re-run resumes
-        kubectl("-n", NS, "delete", "poddisruptionbudget", "pinned")
-        info["resumed"] = _upgrade("resumed", "-e", PRE_HOOKS)
+        # 3. the budget still there, the re-run resumes forced past it (kubeadm_upgrade_force_past_pdb: the
+        #    drain deletes pods instead of evicting them)
+        info["pinned_before"] = _pod_names("pinned")
+        info["resumed"] = _upgrade("resumed", "-e", PRE_HOOKS, "-e", "kubeadm_upgrade_force_past_pdb=true")
+        info["pinned_after"] = _pod_names("pinned")
+        info["pinned_pdb_after"] = kubectl("-n", NS, "get", "poddisruptionbudget", "pinned", check=False).returncode
         info["pre_hook"] = {n: node_exec(n, "cat", PRE_HOOK_MARK, check=False).stdout.split() for n in NODES}
         info["after"] = _nodes()
         if info["resumed"][0] == 0:
@@ -254,6 +264,10 @@ def test_the_rerun_resumes_and_every_node_ends_ready_at_the_target(upgrade):
     for n in CONTROL:
         for c in ["kube-apiserver", "kube-controller-manager", "kube-scheduler"]:
             assert images.get("%s-%s" % (c, n), "").endswith(":v" + CURRENT_VERSION), (c, n, images)
+    # forced past the budget that blocked the second run: still there, its pod deleted (not evicted)
+    assert upgrade["pinned_pdb_after"] == 0, "the run removed the pinned PodDisruptionBudget"
+    assert upgrade["pinned_before"] and not set(upgrade["pinned_before"]) & set(upgrade["pinned_after"]), (
+        upgrade["pinned_before"], upgrade["pinned_after"])
     # the pre-upgrade hook ran once on every node: drained (cordoned), nothing of it upgraded yet
     for n in NODES:
         assert upgrade["pre_hook"][n] == ["v" + PREVIOUS_VERSION, "true"], (n, upgrade["pre_hook"][n])
