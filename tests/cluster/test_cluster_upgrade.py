@@ -1,7 +1,7 @@
 """playbooks/upgrade.yml on the lab cluster (issue 12): the lab came up at the previous minor
 (tests/cluster/conftest.py, scripts/build/k8s-prev.sh) and is upgraded to the inventory's version here,
 right after test_cluster.py's checks and before the day-2 and platform modules, which then run on the
-upgraded cluster. One upgrade, three runs, each a failure drill of the issue:
+upgraded cluster. One upgrade, four runs, each a failure drill of the issue:
 
 1. a control plane stopped in the middle: a post-upgrade hook on lab-cp1 (tests/cluster/files/)
    freezes lab-cp3 (podman pause: none of its processes runs); the run stops before lab-cp2 changes
@@ -15,11 +15,15 @@ upgraded cluster. One upgrade, three runs, each a failure drill of the issue:
    that forces past a budget: the drain deletes pods instead of evicting them): the control planes are
    skipped, the workers upgraded, the pinned pod deleted, its budget left in place.
 
-A pre-upgrade hook (tests/cluster/files/upgrade-hook-record.yml) in all three runs writes down, on each
+Between 2 and 3, run 2b: a worker whose pods do not go in time (a pod that ignores SIGTERM for its 30 s
+grace, a drain timeout of 8 s, forced past the budget so only that pod holds the drain): the batch
+stops naming the node and the timeout, the node is uncordoned, no other worker touched.
+
+A pre-upgrade hook (tests/cluster/files/upgrade-hook-record.yml) in all the runs writes down, on each
 node, its kubelet version and cordon as the hook runs: every node must have run it once, drained and
 still at the previous version.
 
-During all three runs a load loop on lab-cp1 (in the node's own network namespace, so no drain stops
+During all the runs a load loop on lab-cp1 (in the node's own network namespace, so no drain stops
 it) asks, every 0.2 s, a ClusterIP Service backed by a Deployment of three web servers whose own budget
 keeps two available (no request may fail) and the API through the VIP.
 
@@ -124,6 +128,21 @@ def _resume(node):
     wait_for(lambda: _ready(_nodes()[node]), 300, "%s to be Ready after it was resumed" % node, interval=2)
 
 
+SLOW_DRAIN_TIMEOUT = 8
+
+
+def _slow_deployment():
+    """One pod on the first worker that outlives any short drain: PID 1 ignores SIGTERM (sleep as init),
+    so it goes only when the kubelet kills it at the end of its 30 s grace period."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "slow", "namespace": NS},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "slow"}},
+                     "template": {"metadata": {"labels": {"app": "slow"}},
+                                  "spec": {"nodeSelector": {"kubernetes.io/hostname": BLOCKED},
+                                           "tolerations": TOLERATE_GPU, "terminationGracePeriodSeconds": 30,
+                                           "containers": [{"name": "c", "image": BUSYBOX,
+                                                           "command": ["sh", "-c", "exec sleep 86400"]}]}}}}
+
+
 def _pod_names(app):
     pods = json.loads(kubectl("-n", NS, "get", "pods", "-l", "app=" + app, "-o", "json").stdout)["items"]
     return sorted(p["metadata"]["name"] for p in pods)
@@ -176,6 +195,17 @@ def upgrade(lab):
                                    "-e", PRE_HOOKS)
         info["after_blocked"] = _nodes()
         info["cluster_after_blocked"] = cluster_version()
+        # 2b. a worker whose pods do not go in time: a pod on the first worker that ignores SIGTERM (30 s grace)
+        #     and a drain timeout of 8 s; forced past the budget, so only the slow pod holds the drain
+        kubectl("apply", "-f", "-", input_text=json.dumps(_slow_deployment()))
+        kubectl("-n", NS, "rollout", "status", "deployment/slow", "--timeout=180s", timeout=200)
+        info["slow_before"] = _pod_names("slow")
+        info["slow"] = _upgrade("slow-drain", "-e", PRE_HOOKS, "-e", "kubeadm_upgrade_force_past_pdb=true",
+                                "-e", "kubeadm_upgrade_drain_timeout=%d" % SLOW_DRAIN_TIMEOUT,
+                                "-e", "kubeadm_upgrade_drain_retries=1", "-e", "kubeadm_upgrade_drain_delay=3")
+        info["after_slow"] = _nodes()
+        info["slow_after"] = json.loads(kubectl("-n", NS, "get", "pods", "-l", "app=slow", "-o", "json").stdout)["items"]
+        kubectl("-n", NS, "scale", "deployment/slow", "--replicas=0")   # no replacement for run 3 to wait for
         # 3. the budget still there, the re-run resumes forced past it (kubeadm_upgrade_force_past_pdb: the
         #    drain deletes pods instead of evicting them)
         info["pinned_before"] = _pod_names("pinned")
@@ -201,7 +231,7 @@ def upgrade(lab):
     web_failed = [r for r in info["load"] if r[1] != "200"]
     api_failed = [r for r in info["load"] if r[2] != "200"]
     info["api_outage"] = _longest_outage(info["load"])
-    record("upgrade load loop: %d rounds during the three runs; web Service requests failed: %d; API requests "
+    record("upgrade load loop: %d rounds during the four runs; web Service requests failed: %d; API requests "
            "through the VIP failed: %d (longest outage %.0f s)"
            % (len(info["load"]), len(web_failed), len(api_failed), info["api_outage"]))
     yield info
@@ -241,6 +271,26 @@ def test_a_worker_that_will_not_drain_stops_its_batch_uncordoned_and_touches_no_
         assert not nodes[n]["spec"].get("unschedulable", False), "%s left cordoned" % n
         assert nodes[n]["status"]["nodeInfo"]["kubeletVersion"] == "v" + PREVIOUS_VERSION, n
     # no task of the workers' play ran on the other workers (the first batch's failure is fatal)
+    workers_play = out.split("PLAY [Upgrade the workers in batches]")[-1].split("PLAY RECAP")[0]
+    assert "[%s" % BLOCKED in workers_play, workers_play[-2000:]
+    for n in WORKERS[1:]:
+        assert "[%s" % n not in workers_play, "%s was touched after %s's batch stopped" % (n, BLOCKED)
+
+
+def test_a_worker_whose_pods_do_not_go_in_time_stops_its_batch_uncordoned_and_touches_no_other_worker(upgrade):
+    rc, _, out = upgrade["slow"]
+    log = LOGS / "upgrade-slow-drain.log"
+    assert rc != 0, "upgrade.yml went on past a drain that timed out (log %s)" % log
+    assert "UPGRADE STOPPED on %s" % BLOCKED in out, out[-4000:]
+    assert "%s did not drain within kubeadm_upgrade_drain_timeout=%d s" % (BLOCKED, SLOW_DRAIN_TIMEOUT) in out, out[-4000:]
+    # the slow pod was asked to go (deleted: forced past the budgets) and was still terminating at the stop
+    assert upgrade["slow_before"], "the slow pod never ran"
+    assert any(p["metadata"]["name"] in upgrade["slow_before"] and p["metadata"].get("deletionTimestamp")
+               for p in upgrade["slow_after"]) or not upgrade["slow_after"], upgrade["slow_after"]
+    nodes = upgrade["after_slow"]
+    for n in WORKERS:
+        assert not nodes[n]["spec"].get("unschedulable", False), "%s left cordoned" % n
+        assert nodes[n]["status"]["nodeInfo"]["kubeletVersion"] == "v" + PREVIOUS_VERSION, n
     workers_play = out.split("PLAY [Upgrade the workers in batches]")[-1].split("PLAY RECAP")[0]
     assert "[%s" % BLOCKED in workers_play, workers_play[-2000:]
     for n in WORKERS[1:]:
@@ -290,9 +340,9 @@ def test_no_request_to_the_pdb_protected_service_failed(upgrade):
     load = upgrade["load"]
     failed = [r for r in load if r[1] != "200"]
     assert not failed, "%d of %d requests failed during the upgrade: %s" % (len(failed), len(load), failed[:10])
-    # the loop ran through the three runs (one round every 0.2 s plus its time): minutes, not seconds
+    # the loop ran through the four runs (one round every 0.2 s plus its time): minutes, not seconds
     span = load[-1][0] - load[0][0]
-    runs = upgrade["cp_down"][1] + upgrade["blocked"][1] + upgrade["resumed"][1]
+    runs = upgrade["cp_down"][1] + upgrade["blocked"][1] + upgrade["slow"][1] + upgrade["resumed"][1]
     assert len(load) > 200 and span > runs - 30, (len(load), span, runs)
 
 
