@@ -17,29 +17,27 @@ What is FAKE, and why (hardware and what runs on it; nothing of it is product co
 - the GPU nodes: kwok nodes advertising ``nvidia.com/gpu`` (tests/testbed/k8s.py); a node whose
   GPUs "fell off" is a FAKE node-status patch of its allocatable, as tests/cluster/test_platform.py
   stands in for the device plugin;
-- the DCGM exporter: ``FakeDcgmExporter``, a HARDWARE FAKE HTTP server on 127.0.0.1 serving
+- the DCGM exporter: ``FakeDcgmExporter`` (tests/testbed/gpu_fakes.py, shared with the lab's
+  tests/cluster/test_gpu_stack.py), a HARDWARE FAKE HTTP server on 127.0.0.1 serving
   dcgm-exporter's text format (DCGM_FI_DEV_GPU_TEMP, DCGM_FI_DEV_XID_ERRORS per GPU, with the
   exporter's ``Hostname`` label); bounded lifetime (it shuts itself down after LIFETIME s), stopped
   in the fixture's teardown;
-- the driver itself: ``DriverStandIn``, a thread playing GPU feature discovery (the node's
+- the driver itself: ``DriverStandIn`` (tests/testbed/gpu_fakes.py), a thread playing GPU feature discovery (the node's
   ``nvidia.com/cuda.driver-version.full`` label) and, in operator mode, the GPU operator's upgrade
   controller (``nvidia.com/gpu-driver-upgrade-state`` -> ``upgrade-done``): neither runs here. It
   acts only on a node the playbook has cordoned, so a label at the target proves the playbook's turn.
 
 Not proven here (docs/day2.md): the apt step of preinstalled mode (``gpu_stack_upgrade_package_step:
 false``: no node to install on), the restarts and the reboot; operator mode's chart step
-(``gpu_stack_upgrade_set_chart_values: false``: the gpu-operator release's values are the
-gpu_operator role's, proved by test_platform_helm.py).
+(``gpu_stack_upgrade_set_chart_values: false`` here; tests/cluster/test_gpu_stack.py runs it on the
+lab's real gpu-operator release).
 """
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -48,138 +46,16 @@ import yaml
 
 from tests.integration.test_platform_helm import run
 from tests.testbed.common import mitogen_strategy_env, wait_for
+from tests.testbed.gpu_fakes import (DRIVER_LABEL, GPUS, NEW, OLD, STATE_LABEL, TEST_LABEL, DriverStandIn,
+                                     FakeDcgmExporter)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK = REPO / "playbooks" / "gpu_stack_upgrade.yml"
-OLD, NEW = "580.95.05", "595.91.07"
-DRIVER_LABEL = "nvidia.com/cuda.driver-version.full"
-STATE_LABEL = "nvidia.com/gpu-driver-upgrade-state"
 MARK = "gpuops.io/gpu-stack-upgrade"
-GPUS = 8
-LIFETIME = 600
 # every FAKE GPU node of this module starts at the old driver, its upgrade state done
-NODE_LABELS = {DRIVER_LABEL: OLD, STATE_LABEL: "upgrade-done", "gpuops.io/gsu-test": "true"}
-
-
-class FakeDcgmExporter:
-    """HARDWARE FAKE: dcgm-exporter's /metrics for FAKE GPU nodes (no GPU, no DCGM here).
-
-    ``health[node] = {"gpus": n, "xid": code}``: n GPUs report a temperature, each with the last
-    XID error code given. Served from a thread of the test process on 127.0.0.1; shuts down after
-    LIFETIME s on its own, and in ``stop()``.
-    """
-
-    def __init__(self, nodes):
-        self.health = {n: {"gpus": GPUS, "xid": 0} for n in nodes}
-        exporter = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
-                body = exporter.render().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.timer = threading.Timer(LIFETIME, self.server.shutdown)
-
-    def render(self) -> str:
-        lines = ["# HELP DCGM_FI_DEV_GPU_TEMP GPU temperature (in C).", "# TYPE DCGM_FI_DEV_GPU_TEMP gauge",
-                 "# HELP DCGM_FI_DEV_XID_ERRORS Value of the last XID error encountered.",
-                 "# TYPE DCGM_FI_DEV_XID_ERRORS gauge"]
-        for node, h in sorted(self.health.items()):
-            for gpu in range(h["gpus"]):
-                labels = (f'gpu="{gpu}",UUID="GPU-fake-{node}-{gpu}",device="nvidia{gpu}",'
-                          f'modelName="NVIDIA H100 80GB HBM3",Hostname="{node}"')
-                lines.append(f"DCGM_FI_DEV_GPU_TEMP{{{labels}}} 41")
-                lines.append(f"DCGM_FI_DEV_XID_ERRORS{{{labels}}} {h['xid'] if gpu == 0 else 0}")
-        return "\n".join(lines) + "\n"
-
-    def start(self):
-        self.thread.start()
-        self.timer.start()
-        return self
-
-    def stop(self):
-        self.timer.cancel()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class DriverStandIn(threading.Thread):
-    """Stand-in for GPU feature discovery and the GPU operator's upgrade controller (neither runs
-    here): on a node of ``nodes`` that the playbook has cordoned and that is not at the target yet,
-    it sets the driver label (and, on a node of ``operator``, the upgrade state, through
-    validation-required to upgrade-done). Records every node it saw cordoned and the most cordoned
-    at one time. Event-driven (a watch on the test's nodes, re-listed every second), so it reacts
-    within milliseconds of a cordon and costs nothing while nothing changes."""
-
-    def __init__(self, k8s, nodes, operator=()):
-        super().__init__(daemon=True)
-        self.k8s, self.nodes, self.operator = k8s, list(nodes), set(operator)
-        self.seen: list = []
-        self.max_cordoned = 0
-        self.cordoned: dict = {}
-        self.halt = threading.Event()
-        self.ready = threading.Event()
-
-    def _on(self, core, node):
-        name = node.metadata.name
-        if name not in self.nodes:
-            return
-        labels = node.metadata.labels or {}
-        self.cordoned[name] = bool(node.spec.unschedulable)
-        self.max_cordoned = max(self.max_cordoned, sum(self.cordoned.values()))
-        if not node.spec.unschedulable:
-            return
-        if name not in self.seen:
-            self.seen.append(name)
-        operator = name in self.operator
-        if labels.get(DRIVER_LABEL) == NEW and (not operator or labels.get(STATE_LABEL) == "upgrade-done"):
-            return
-        if operator and labels.get(STATE_LABEL) != "validation-required":
-            new = {STATE_LABEL: "validation-required"}
-        else:
-            new = {DRIVER_LABEL: NEW, STATE_LABEL: "upgrade-done"} if operator else {DRIVER_LABEL: NEW}
-        core.patch_node(name, {"metadata": {"labels": new}})   # its event brings the next step
-
-    def run(self):
-        from kubernetes import client, watch
-        with self.k8s.api_client() as api:
-            core = client.CoreV1Api(api)
-            deadline = time.monotonic() + LIFETIME
-            while not self.halt.is_set() and time.monotonic() < deadline:
-                listed = core.list_node(label_selector="gpuops.io/gsu-test=true")
-                for node in listed.items:
-                    self._on(core, node)
-                self.ready.set()
-                w = watch.Watch()
-                try:
-                    for ev in w.stream(core.list_node, label_selector="gpuops.io/gsu-test=true",
-                                       resource_version=listed.metadata.resource_version, timeout_seconds=1):
-                        if ev["type"] in ("ADDED", "MODIFIED"):
-                            self._on(core, ev["object"])
-                        if self.halt.is_set():
-                            w.stop()
-                except client.ApiException:     # e.g. 410 Gone: list again
-                    continue
-
-    def start(self):
-        super().start()
-        self.ready.wait(timeout=30)
-
-    def stop(self):
-        self.halt.set()
-        self.join(timeout=10)
+NODE_LABELS = {DRIVER_LABEL: OLD, STATE_LABEL: "upgrade-done", TEST_LABEL: "true"}
 
 
 # -- plumbing ----------------------------------------------------------------------------------------
