@@ -256,6 +256,18 @@ def test_a_control_plane_stopped_mid_upgrade_stops_the_run_naming_it_while_the_a
     assert host_sysctls() == upgrade["host_sysctls_before"]
 
 
+def _assert_first_batch_stopped_alone(nodes, out):
+    """After a run whose first worker batch (BLOCKED) stopped: every worker uncordoned and still at the old
+    version, and no task of the workers' play ran on the other workers (the first batch's failure is fatal)."""
+    for n in WORKERS:
+        assert not nodes[n]["spec"].get("unschedulable", False), "%s left cordoned" % n
+        assert nodes[n]["status"]["nodeInfo"]["kubeletVersion"] == "v" + PREVIOUS_VERSION, n
+    workers_play = out.split("PLAY [Upgrade the workers in batches]")[-1].split("PLAY RECAP")[0]
+    assert "[%s" % BLOCKED in workers_play, workers_play[-2000:]
+    for n in WORKERS[1:]:
+        assert "[%s" % n not in workers_play, "%s was touched after %s's batch stopped" % (n, BLOCKED)
+
+
 def test_a_worker_that_will_not_drain_stops_its_batch_uncordoned_and_touches_no_other_worker(upgrade):
     rc, _, out = upgrade["blocked"]
     assert rc != 0, "upgrade.yml passed a drain that a PodDisruptionBudget forbids (log %s)" % (LOGS / "upgrade-blocked.log")
@@ -266,15 +278,7 @@ def test_a_worker_that_will_not_drain_stops_its_batch_uncordoned_and_touches_no_
     assert upgrade["cluster_after_blocked"] == CURRENT_VERSION
     for n in CONTROL:
         assert nodes[n]["status"]["nodeInfo"]["kubeletVersion"] == "v" + CURRENT_VERSION, n
-    # the blocked worker: uncordoned, still at the old version; the other workers untouched
-    for n in WORKERS:
-        assert not nodes[n]["spec"].get("unschedulable", False), "%s left cordoned" % n
-        assert nodes[n]["status"]["nodeInfo"]["kubeletVersion"] == "v" + PREVIOUS_VERSION, n
-    # no task of the workers' play ran on the other workers (the first batch's failure is fatal)
-    workers_play = out.split("PLAY [Upgrade the workers in batches]")[-1].split("PLAY RECAP")[0]
-    assert "[%s" % BLOCKED in workers_play, workers_play[-2000:]
-    for n in WORKERS[1:]:
-        assert "[%s" % n not in workers_play, "%s was touched after %s's batch stopped" % (n, BLOCKED)
+    _assert_first_batch_stopped_alone(nodes, out)
 
 
 def test_a_worker_whose_pods_do_not_go_in_time_stops_its_batch_uncordoned_and_touches_no_other_worker(upgrade):
@@ -287,14 +291,7 @@ def test_a_worker_whose_pods_do_not_go_in_time_stops_its_batch_uncordoned_and_to
     assert upgrade["slow_before"], "the slow pod never ran"
     assert any(p["metadata"]["name"] in upgrade["slow_before"] and p["metadata"].get("deletionTimestamp")
                for p in upgrade["slow_after"]) or not upgrade["slow_after"], upgrade["slow_after"]
-    nodes = upgrade["after_slow"]
-    for n in WORKERS:
-        assert not nodes[n]["spec"].get("unschedulable", False), "%s left cordoned" % n
-        assert nodes[n]["status"]["nodeInfo"]["kubeletVersion"] == "v" + PREVIOUS_VERSION, n
-    workers_play = out.split("PLAY [Upgrade the workers in batches]")[-1].split("PLAY RECAP")[0]
-    assert "[%s" % BLOCKED in workers_play, workers_play[-2000:]
-    for n in WORKERS[1:]:
-        assert "[%s" % n not in workers_play, "%s was touched after %s's batch stopped" % (n, BLOCKED)
+    _assert_first_batch_stopped_alone(upgrade["after_slow"], out)
 
 
 def test_the_rerun_resumes_and_every_node_ends_ready_at_the_target(upgrade):
