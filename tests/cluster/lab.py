@@ -74,6 +74,13 @@ def kubectl(*args, timeout=120, check=True, input_text=None):
                input_text=input_text)
 
 
+def fake_gpus(node, count):
+    """FAKE GPU advertisement: what the NVIDIA device plugin would publish, as a node status patch."""
+    patch = [{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": str(count)},
+             {"op": "add", "path": "/status/allocatable/nvidia.com~1gpu", "value": str(count)}]
+    kubectl("patch", "node", node, "--subresource=status", "--type=json", "-p", json.dumps(patch))
+
+
 def node_exec(node, *argv, timeout=60, check=True):
     return run(["podman", "exec", node, *argv], timeout=timeout, check=check)
 

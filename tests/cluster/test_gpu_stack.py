@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from tests.cluster.lab import BUSYBOX, CACHE, GPU, KUBECONFIG, LOGS, ansible_env, kubectl, record, run
+from tests.cluster.lab import BUSYBOX, CACHE, GPU, KUBECONFIG, LOGS, ansible_env, fake_gpus, kubectl, record, run
 from tests.testbed.common import wait_for
 from tests.testbed.gpu_fakes import (DRIVER_LABEL, GPUS, NEW, OLD, STATE_LABEL, TEST_LABEL, DriverStandIn,
                                      FakeDcgmExporter, KubeconfigApi)
@@ -43,13 +43,6 @@ XVARS = {"gpu_stack_upgrade_driver_version": NEW, "gpu_stack_upgrade_gate_timeou
          "gpu_stack_upgrade_poll_delay": 1, "gpu_stack_upgrade_operator_timeout": 90,
          "gpu_stack_upgrade_driver_label_timeout": 90, "gpu_stack_upgrade_drain_timeout": 120,
          "gpu_stack_upgrade_drain_retries": 1, "gpu_stack_upgrade_drain_delay": 2}
-
-
-def _fake_gpus(node, count):
-    """FAKE GPU advertisement: what the NVIDIA device plugin would publish, as a status patch."""
-    patch = [{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": str(count)},
-             {"op": "add", "path": "/status/allocatable/nvidia.com~1gpu", "value": str(count)}]
-    kubectl("patch", "node", node, "--subresource=status", "--type=json", "-p", json.dumps(patch))
 
 
 def _node(name):
@@ -78,7 +71,7 @@ def _upgrade(name, prom):
 @pytest.fixture(scope="module")
 def gsu(lab):
     for node in GPU:
-        _fake_gpus(node, GPUS)
+        fake_gpus(node, GPUS)
         kubectl("label", "node", node, "--overwrite", "%s=%s" % (DRIVER_LABEL, OLD), "%s=upgrade-done" % STATE_LABEL,
                 "%s=true" % TEST_LABEL)
     kubectl("create", "namespace", NS)

@@ -17,7 +17,7 @@ import hvac
 import pytest
 
 from tests.cluster.lab import (CACHE, CONTROL, GPU, KUBECONFIG, LOGS, VAULT_API, VAULT_CA, VAULT_SECRETS, ansible_env,
-                               kubectl, run)
+                               fake_gpus, kubectl, run)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -108,24 +108,17 @@ def _allocatable_playbook(tmp_path):
     return pb
 
 
-def _fake_gpus(node, count):
-    """FAKE GPU advertisement: what the NVIDIA device plugin would publish, as a status patch."""
-    patch = [{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": str(count)},
-             {"op": "add", "path": "/status/allocatable/nvidia.com~1gpu", "value": str(count)}]
-    kubectl("patch", "node", node, "--subresource=status", "--type=json", "-p", json.dumps(patch))
-
-
 def test_allocatable_gate_passes_and_names_the_node_that_falls_short(lab, tmp_path):
     pb = _allocatable_playbook(tmp_path)
     env = ansible_env()
     argv = ["ansible-playbook", "-i", "inventories/lab/hosts.yml", str(pb)]
     for node in GPU:
-        _fake_gpus(node, 8)
+        fake_gpus(node, 8)
     time.sleep(1)
     ok = run(argv, env=env, timeout=300, check=False)
     (LOGS / "platform-allocatable-ok.log").write_text(ok.stdout + ok.stderr)
     assert ok.returncode == 0, ok.stdout[-3000:]
-    _fake_gpus(GPU[1], 4)
+    fake_gpus(GPU[1], 4)
     try:
         bad = run(argv, env=env, timeout=300, check=False)
         (LOGS / "platform-allocatable-short.log").write_text(bad.stdout + bad.stderr)
@@ -133,4 +126,4 @@ def test_allocatable_gate_passes_and_names_the_node_that_falls_short(lab, tmp_pa
         assert GPU[1] in bad.stdout and GPU[0] not in bad.stdout.split("FAILED")[-1].split("PLAY RECAP")[0], \
             bad.stdout[-3000:]
     finally:
-        _fake_gpus(GPU[1], 8)
+        fake_gpus(GPU[1], 8)
