@@ -472,6 +472,28 @@ for img in raw["container_images_list"]:
                    "config": info["config"], "platform": info["platform"],
                    "size": sum(layer["size"] for layer in info["layers"]),
                    "archive": str(archive.relative_to(bundle)), "archive_sha256": cached_sha256(archive)})
+# Workload images built by their own parts (scripts/build/torchserve-image.sh): listed under
+# "workloads" once their archive exists (a cold setup builds them in the other lane), pushed to the
+# site registry with the rest, never pre-pulled on every node.
+workloads = []
+ts = yaml.safe_load((repo / "roles" / "torchserve" / "defaults" / "main.yml").read_text())["torchserve_image"]
+first = ts.split("/", 1)[0]
+ts = ts if "/" in ts and ("." in first or ":" in first) else "docker.io/" + ts
+for wname, ref in (("torchserve", ts),):
+    name, tag = ref.rsplit(":", 1)
+    archive = bundle / "images" / f"{name.replace('/', '_')}_{tag}.tar"
+    if not archive.exists():
+        print(f"workload image {ref} not in the bundle yet (scripts/build/torchserve-image.sh)")
+        continue
+    info = oci_image.cmd_inspect(type("A", (), {"archive": str(archive)})())
+    if info["ref"] != ref:
+        sys.exit(f"cluster-images.sh: ERROR: {archive} holds {info['ref']}, expected {ref}")
+    registry, _, path = name.partition("/")
+    workloads.append({"name": wname, "ref": ref, "registry": registry, "repository": path, "tag": tag,
+                      "nodes": "none", "digest": info["digest"], "mediaType": info["mediaType"],
+                      "config": info["config"], "platform": info["platform"],
+                      "size": sum(layer["size"] for layer in info["layers"]),
+                      "archive": str(archive.relative_to(bundle)), "archive_sha256": cached_sha256(archive)})
 binaries = []
 mirror = bundle / "bin"
 k8s = versions["container_images_kubernetes_version"]
@@ -505,7 +527,7 @@ if cdir.is_dir():
                        "sha256": cached_sha256(p)})
 manifest = {"schemaVersion": 1, "kind": "gpuops.cluster/airgap-bundle",
             "versions_file": str(versions_file.relative_to(repo)), "versions": versions,
-            "images": images, "binaries": binaries, "apt": apt, "charts": charts}
+            "images": images, "workloads": workloads, "binaries": binaries, "apt": apt, "charts": charts}
 # The previous minor (scripts/build/k8s-releases.env, K8S_RELEASE=prev builds), listed only when
 # every one of its artifacts is there; "images" above stays the current release's.
 def previous_release():
@@ -549,7 +571,7 @@ out = bundle / "manifest.json"
 if not out.exists() or out.read_text() != text:
     out.with_suffix(".tmp").write_text(text)
     os.replace(out.with_suffix(".tmp"), out)
-    print(f"manifest.json written: {len(images)} images, {len(binaries)} binaries, "
+    print(f"manifest.json written: {len(images)} images, {len(workloads)} workload images, {len(binaries)} binaries, "
           f"{sum(len(a['files']) for a in apt)} apt files, {len(charts)} charts")
 else:
     print(f"manifest.json up to date: {len(images)} images, {len(binaries)} binaries, {len(charts)} charts")

@@ -8,9 +8,11 @@ bundle ($GPUOPS_CACHE/bundle/images); see docs/airgap.md.
                 [--expose PORT/PROTO]... [--volume PATH]... [--workdir DIR] [--user USER]
       A FROM-scratch, single-layer image (static binaries): /tmp (1777), /etc/passwd and
       /etc/group (root, nobody) plus what is added.
-  oci_image.py normalize IN.tar OUT.tar --ref REGISTRY/PATH:TAG
+  oci_image.py normalize IN.tar OUT.tar --ref REGISTRY/PATH:TAG [--zstd-above BYTES]
       Rewrite an archive written by `podman save --format oci-archive`: layers gzip-compressed
-      (deterministically), the image named REF; config and layer contents unchanged.
+      (deterministically), the image named REF; config and layer contents unchanged. Layers bigger
+      than BYTES (uncompressed) are zstd-compressed instead (the zstd CLI, 2 threads, level 3,
+      streamed: a multi-GiB layer never sits in memory; containerd >= 1.5 and the registry take it).
   oci_image.py inspect ARCHIVE.tar
       JSON on stdout: ref, manifest digest/size/media type, config digest, layers, platform.
 
@@ -30,6 +32,7 @@ import hashlib
 import io
 import json
 import os
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -40,6 +43,7 @@ MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_CONFIG = "application/vnd.oci.image.config.v1+json"
 MT_LAYER = "application/vnd.oci.image.layer.v1.tar"
 MT_LAYER_GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
+MT_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 DOCKER_LAYER_GZ = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 EPOCH = 1767225600          # 2026-01-01T00:00:00Z: every timestamp the tool writes
@@ -101,6 +105,33 @@ class Blobs:
         size = tmp.stat().st_size
         tmp.rename(self.dir / comp.hexdigest())
         return ({"mediaType": MT_LAYER_GZ, "digest": "sha256:" + comp.hexdigest(), "size": size},
+                "sha256:" + diff.hexdigest())
+
+    def add_zstd_layer(self, raw) -> tuple[dict, str]:
+        """Like add_gzip_layer, through `zstd -3 -T2` (deterministic for a fixed level and thread count)."""
+        diff = hashlib.sha256()
+        tmp = self.dir / ".layer.tmp"
+        with open(tmp, "wb") as out:
+            proc = subprocess.Popen(["zstd", "-q", "-3", "-T2", "-c"], stdin=subprocess.PIPE, stdout=out)
+            try:
+                while True:
+                    chunk = raw.read(CHUNK)
+                    if not chunk:
+                        break
+                    diff.update(chunk)
+                    proc.stdin.write(chunk)
+            finally:
+                proc.stdin.close()
+                rc = proc.wait()
+        if rc != 0:
+            raise ImageError(f"zstd failed (rc {rc}): is the zstd CLI installed (apt-get install zstd)?")
+        comp = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                comp.update(chunk)
+        size = tmp.stat().st_size
+        tmp.rename(self.dir / comp.hexdigest())
+        return ({"mediaType": MT_LAYER_ZSTD, "digest": "sha256:" + comp.hexdigest(), "size": size},
                 "sha256:" + diff.hexdigest())
 
 
@@ -268,12 +299,13 @@ def cmd_normalize(args) -> dict:
         layers = []
         for i, desc in enumerate(manifest["layers"]):
             if desc["mediaType"] in (MT_LAYER, DOCKER_LAYER):
-                new, diff_id = blobs.add_gzip_layer(blob(desc["digest"]))
+                big = args.zstd_above is not None and desc["size"] > args.zstd_above
+                new, diff_id = (blobs.add_zstd_layer if big else blobs.add_gzip_layer)(blob(desc["digest"]))
                 if diff_id != cfg["rootfs"]["diff_ids"][i]:
                     raise ImageError(f"layer {i} does not match the config's diff_id")
-            elif desc["mediaType"] in (MT_LAYER_GZ, DOCKER_LAYER_GZ):
+            elif desc["mediaType"] in (MT_LAYER_GZ, DOCKER_LAYER_GZ, MT_LAYER_ZSTD):
                 data = blob(desc["digest"]).read()
-                new = blobs.add_bytes(data, MT_LAYER_GZ)
+                new = blobs.add_bytes(data, MT_LAYER_ZSTD if desc["mediaType"] == MT_LAYER_ZSTD else MT_LAYER_GZ)
             else:
                 raise ImageError(f"unsupported layer media type {desc['mediaType']}")
             layers.append(new)
@@ -315,6 +347,8 @@ def main(argv=None) -> int:
     n.add_argument("input")
     n.add_argument("out")
     n.add_argument("--ref", required=True)
+    n.add_argument("--zstd-above", type=int, metavar="BYTES",
+                   help="zstd-compress the layers bigger than BYTES (default: gzip every layer)")
     i = sub.add_parser("inspect", help="print the archive's image facts as JSON")
     i.add_argument("archive")
     args = p.parse_args(argv)

@@ -106,6 +106,14 @@ def test_bundle_matches_the_pinned_versions_and_its_archives(manifest):
         assert (info["ref"], info["digest"], info["config"]) == (img["ref"], img["digest"], img["config"])
         assert info["platform"] == "linux/amd64"
         assert all(layer["mediaType"].endswith("+gzip") for layer in info["layers"]), img["ref"]
+    # the workload images (scripts/build/torchserve-image.sh): the torchserve role's pinned image,
+    # its multi-GiB Python layer zstd-compressed, the rest gzip
+    ts_image = yaml.safe_load((REPO / "roles" / "torchserve" / "defaults" / "main.yml").read_text())["torchserve_image"]
+    assert [w["ref"] for w in manifest["workloads"]] == ["docker.io/" + ts_image]
+    for img in manifest["workloads"]:
+        info = oci_image.cmd_inspect(type("A", (), {"archive": str(BUNDLE / img["archive"])})())
+        assert (info["ref"], info["digest"], info["config"]) == (img["ref"], img["digest"], img["config"])
+        assert {layer["mediaType"].rsplit("+", 1)[1] for layer in info["layers"]} == {"gzip", "zstd"}, info["layers"]
     for section in ("binaries", "charts"):
         for art in manifest[section]:
             assert len(art["sha256"]) == 64 and art["version"], art
@@ -114,9 +122,10 @@ def test_bundle_matches_the_pinned_versions_and_its_archives(manifest):
 
 
 def _served_images(manifest):
-    """What scripts/registry pushes: the bundle's images and the previous Kubernetes minor's (manifest
-    "previous", scripts/build/k8s-prev.sh: the cluster tier brings the lab up at that minor)."""
-    return manifest["images"] + [i for p in manifest.get("previous", []) for i in p["images"]]
+    """What scripts/registry pushes: the bundle's images, its workload images (TorchServe) and the
+    previous Kubernetes minor's (manifest "previous", scripts/build/k8s-prev.sh: the cluster tier
+    brings the lab up at that minor)."""
+    return manifest["images"] + manifest["workloads"] + [i for p in manifest.get("previous", []) for i in p["images"]]
 
 
 def test_registry_serves_every_bundle_digest(manifest, registry):

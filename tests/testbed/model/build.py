@@ -85,14 +85,19 @@ def base_model(store: Path = MODEL_STORE, hidden: int = 0) -> Path:
     return out
 
 
-def model_config(fail_rate: float = 0.0, delay_ms: int = 0) -> dict:
-    """The model-config yaml put in the archive (--config-file); the handler reads ``handler``."""
+def model_config(fail_rate: float = 0.0, delay_ms: int = 0, load_gate: str = "") -> dict:
+    """The model-config yaml put in the archive (--config-file); the handler reads ``handler``.
+    ``load_gate``: a path in the worker's file system; initialize() waits until it exists (the lab's
+    readiness test opens it inside the pod)."""
+    handler = {"fail_rate": float(fail_rate), "delay_ms": int(delay_ms)}
+    if load_gate:
+        handler["load_gate"] = str(load_gate)
     return {
         # TorchServe keys: generous timeouts, a slow (delay_ms) version must not be killed.
         "responseTimeout": 120,
         "startupTimeout": 120,
         # Our handler's own section (context.model_yaml_config["handler"]).
-        "handler": {"fail_rate": float(fail_rate), "delay_ms": int(delay_ms)},
+        "handler": handler,
     }
 
 
@@ -109,13 +114,15 @@ def validate(version: str, fail_rate: float, delay_ms: int, model_name: str) -> 
 
 
 def build_archive(version: str, fail_rate: float = 0.0, delay_ms: int = 0,
-                  model_name: str = MODEL_NAME, store: Optional[Path] = None, hidden: int = 0) -> Path:
+                  model_name: str = MODEL_NAME, store: Optional[Path] = None, hidden: int = 0,
+                  load_gate: str = "") -> Path:
     """Return the path of ``<model_name>`` version ``version`` with these faults; build it if missing.
 
-    ``hidden`` > 0 archives the benchmark's MLP instead of the tiny classifier (base_model)."""
+    ``hidden`` > 0 archives the benchmark's MLP instead of the tiny classifier (base_model);
+    ``load_gate`` see model_config."""
     validate(version, fail_rate, delay_ms, model_name)
     store = Path(store or MODEL_STORE)
-    cfg = json.dumps(model_config(fail_rate, delay_ms), sort_keys=True, indent=2)
+    cfg = json.dumps(model_config(fail_rate, delay_ms, load_gate), sort_keys=True, indent=2)
     pt = base_model(store, hidden)
     digest = _sha(HANDLER.read_bytes(), pt.name.encode(), cfg.encode(), model_name.encode(),
                   str(version).encode(), ARCHIVER_PIN.encode())[:12]

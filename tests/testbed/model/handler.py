@@ -12,8 +12,8 @@ section ``handler`` (read from ``context.model_yaml_config``), so each version h
 
 Runtime override (no re-registration): the JSON file named by $GPUOPS_TS_OVERRIDES, keyed by
 model version, e.g. ``{"2.0": {"fail_rate": 1.0, "delay_ms": 0}}``, re-read when it changes.
-A ``load_gate`` path there makes ``initialize`` wait until that file exists (tests use it to
-observe a version whose workers are still loading).
+A ``load_gate`` path there, or in the archive's ``handler`` section, makes ``initialize`` wait until
+that file exists (tests use it to observe a version whose workers are still loading).
 
 Failures are spread deterministically: after n requests exactly floor(n * fail_rate) failed
 (error diffusion), so tests get the configured fraction without randomness.
@@ -108,7 +108,8 @@ class ClassifierHandler:
         self.version = str(model.get("modelVersion", ""))
         cfg = (context.model_yaml_config or {}).get("handler") or {}
         self.base = {"fail_rate": float(cfg.get("fail_rate", 0.0)), "delay_ms": int(cfg.get("delay_ms", 0))}
-        gate = _faults(self.base, self.overrides_path, self.version, self._override_cache).get("load_gate")
+        gate = (cfg.get("load_gate")
+                or _faults(self.base, self.overrides_path, self.version, self._override_cache).get("load_gate"))
         if gate:
             deadline = time.monotonic() + LOAD_GATE_TIMEOUT_S
             logger.info("gpuops: %s %s waits for load gate %s", self.model_name, self.version, gate)
