@@ -4,7 +4,9 @@ artifact mirror by site.yml's vault layer (playbooks/platform.yml), bound to the
 Proves on the lab what molecule (roles/vault/molecule/default, no Kubernetes there) cannot: a real
 ServiceAccount token (TokenRequest, ``kubectl create token``: no pod, no Secret) logs in through the
 Kubernetes auth method and gets exactly the torchserve policy; a ServiceAccount the role does not bind
-is refused; after rotate_vault_secrets.yml that login reads the rotated value. Also: three unsealed
+is refused; after rotate_vault_secrets.yml that login reads the rotated value, and a running pod of that
+ServiceAccount (the serving image, python3) reading the secret every second through the rotation
+never fails a read and moves to the new value without a restart. Also: three unsealed
 Raft voters, the binary is the mirror's, a restarted node comes back
 sealed and the next vault.yml run unseals it, and no output (every lab log of the session) holds a key
 or token. A second run changing nothing is test_cluster.py's second site run (vault layer included).
@@ -12,6 +14,7 @@ or token. A second run changing nothing is test_cluster.py's second site run (va
 Run: ``GPUOPS_LAB_REUSE=1 python -m pytest tests/cluster/test_vault.py -m cluster``. Logs of each
 playbook run go to $GPUOPS_CACHE/lab/logs/vault-*.log."""
 
+import hashlib
 import json
 import time
 import uuid
@@ -20,9 +23,9 @@ import hvac
 import pytest
 import requests
 
-from tests.cluster.lab import (CACHE, CONTROL, LOGS, RECAP, VAULT_API, VAULT_CA, VAULT_SECRETS, ansible_env, kubectl,
-                               node_exec, record, run)
-from tests.testbed.common import write_private
+from tests.cluster.lab import (CACHE, CONTROL, GPU, LOGS, RECAP, VAULT_API, VAULT_CA, VAULT_SECRETS, ansible_env,
+                               kubectl, node_exec, record, run)
+from tests.testbed.common import wait_for, write_private
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -139,14 +142,76 @@ def test_serviceaccount_token_logs_in_with_least_privilege(bao, workload_sa):
         kubectl("-n", NAMESPACE, "delete", "serviceaccount", intruder, "--wait=false", check=False)
 
 
+# A running pod of the workload's ServiceAccount, in the serving image (the bundle's TorchServe image:
+# python3; no Vault agent image is built here): it logs in once through the Kubernetes auth method with
+# its projected ServiceAccount token, then reads the secret every second with that token, verifying
+# OpenBao's certificate against the lab's CA, and prints a digest of the value (never the value), or
+# FAILED-<error> when a read fails (then it logs in again).
+READER = r"""
+import hashlib, json, ssl, sys, time, urllib.request
+api, path = sys.argv[1], sys.argv[2]
+ctx = ssl.create_default_context(cafile="/vault-ca/ca.pem")
+def call(url, body=None, token=None):
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body else None,
+                                 headers={"X-Vault-Token": token} if token else {})
+    with urllib.request.urlopen(req, timeout=5, context=ctx) as resp:
+        return json.load(resp)
+token = None
+while True:
+    try:
+        if token is None:
+            jwt = open("/var/run/secrets/kubernetes.io/serviceaccount/token").read()
+            token = call(api + "/v1/auth/kubernetes/login", {"role": "torchserve", "jwt": jwt})["auth"]["client_token"]
+        value = call(api + "/v1/secret/data/" + path, token=token)["data"]["data"]["password"]
+        print(int(time.time()), hashlib.sha256(value.encode()).hexdigest()[:16], flush=True)
+    except Exception as exc:
+        print(int(time.time()), "FAILED-" + type(exc).__name__, flush=True)
+        token = None
+    time.sleep(1)
+"""
+SERVING_IMAGE = "docker.io/pytorch/torchserve:0.12.0-gpu"   # torchserve_image (roles/torchserve/defaults)
+
+
+def _digest(value):
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def _reader_lines(pod):
+    out = kubectl("-n", NAMESPACE, "logs", pod, check=False).stdout
+    return [ln.split()[1] for ln in out.splitlines() if len(ln.split()) == 2]
+
+
 def test_kv_rotation_the_workloads_login_reads_the_new_version(bao, workload_sa, tmp_path):
     """rotate_vault_secrets.yml on the lab's OpenBao with a rotator token limited to one path: one new
     version, the other key kept; the workload's Kubernetes login (ServiceAccount token, role torchserve)
-    reads the new value, and the previous version is still there for a consumer that has not re-read."""
+    reads the new value, and the previous version is still there for a consumer that has not re-read.
+    A running pod of that ServiceAccount reading the secret every second through the rotation never
+    fails a read, and goes from the old value to the new one without a restart or a new login."""
     root, tag = bao["root"], uuid.uuid4().hex[:6]
     path, old = "torchserve/rotation-%s" % tag, "old-%s" % uuid.uuid4().hex
     root.secrets.kv.v2.create_or_update_secret(path=path, secret={"password": old, "user": "serving"},
                                                mount_point="secret")
+    reader = "kv-reader-" + tag
+    objs = [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": reader, "namespace": NAMESPACE},
+             "data": {"ca.pem": VAULT_CA.read_text()}},
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": reader, "namespace": NAMESPACE},
+             "spec": {"serviceAccountName": SA, "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                      # a GPU node: test_serving.py pulled the serving image there
+                      "nodeSelector": {"kubernetes.io/hostname": GPU[0]},
+                      "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                      "containers": [{"name": "read", "image": SERVING_IMAGE,
+                                      "command": ["python3", "-c", READER, VAULT_API[CONTROL[1]], path],
+                                      "volumeMounts": [{"name": "ca", "mountPath": "/vault-ca"}]}],
+                      "volumes": [{"name": "ca", "configMap": {"name": reader}}]}}]
+    kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
+    try:
+        wait_for(lambda: _digest(old) in _reader_lines(reader), 300,
+                 "pod %s/%s to read the secret through its Kubernetes login" % (NAMESPACE, reader), interval=2)
+    except Exception:
+        print(kubectl("-n", NAMESPACE, "describe", "pod", reader, check=False).stdout[-3000:])
+        print(kubectl("-n", NAMESPACE, "logs", reader, check=False).stdout[-2000:])
+        kubectl("-n", NAMESPACE, "delete", "pod,configmap", reader, "--wait=false", check=False)
+        raise
     policy = "rotator-" + tag
     root.sys.create_or_update_policy(name=policy, policy='path "secret/data/%s" { capabilities = ["read", "update"] }'
                                      % path)
@@ -172,7 +237,18 @@ def test_kv_rotation_the_workloads_login_reads_the_new_version(bao, workload_sa,
                                                           raise_on_deleted_version=True)["data"]["data"]
         assert before["password"] == old
         assert new not in out and token not in out
+        # the running pod: the old value, then the new one with the token of its one login, no failed read
+        wait_for(lambda: _digest(new) in _reader_lines(reader), 60,
+                 "pod %s to read the new version without a restart" % reader, interval=1)
+        lines = _reader_lines(reader)
+        first_new = lines.index(_digest(new))
+        assert set(lines[:first_new]) == {_digest(old)} and set(lines[first_new:]) == {_digest(new)}, lines
+        status = json.loads(kubectl("-n", NAMESPACE, "get", "pod", reader, "-o", "json").stdout)["status"]
+        assert status["containerStatuses"][0]["restartCount"] == 0 and "running" in status["containerStatuses"][0]["state"]
+        record("vault KV rotation: the reader pod read %d times, the old value %d times then the new one, "
+               "none failed" % (len(lines), first_new))
     finally:
+        kubectl("-n", NAMESPACE, "delete", "pod,configmap", reader, "--wait=false", check=False)
         root.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="secret")
         root.sys.delete_policy(name=policy)
         root.auth.token.revoke(token)
