@@ -5,6 +5,9 @@ NVIDIA driver run on these machines. Shared by tests/integration/test_gpu_stack_
 - ``FakeDcgmExporter``: dcgm-exporter's /metrics text (DCGM_FI_DEV_GPU_TEMP, DCGM_FI_DEV_XID_ERRORS per
   GPU, with the exporter's ``Hostname`` label) from a thread on 127.0.0.1, for a real Prometheus to
   scrape; bounded lifetime (it shuts itself down after LIFETIME s), stopped by ``stop()``;
+- ``fake_nvidia_apt_repo``: a flat apt repository of empty packages named like NVIDIA's (cuda-drivers, the
+  container toolkit's four) at the versions asked, for preinstalled mode's apt step: each installs one
+  file under /usr/share/doc/<name>/ saying it is a FAKE, and nothing else (no kernel module, no library);
 - ``DriverStandIn``: GPU feature discovery (the node's driver-version label) and, in operator mode, the
   GPU operator's upgrade controller (the upgrade-state label), acting only on a node the playbook has
   cordoned, through any API server (``api`` is an object whose ``api_client()`` gives a kubernetes
@@ -13,9 +16,14 @@ NVIDIA driver run on these machines. Shared by tests/integration/test_gpu_stack_
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import http.server
+import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 OLD, NEW = "580.95.05", "595.91.07"
 DRIVER_LABEL = "nvidia.com/cuda.driver-version.full"
@@ -23,6 +31,40 @@ STATE_LABEL = "nvidia.com/gpu-driver-upgrade-state"
 TEST_LABEL = "gpuops.io/gsu-test"          # the nodes a DriverStandIn acts on carry it ("true")
 GPUS = 8
 LIFETIME = 600
+
+
+def fake_nvidia_apt_repo(dest, packages):
+    """FAKE NVIDIA packages: ``packages`` {name: [version, ...]} as empty .debs in the flat apt repository
+    ``dest`` (Packages, Packages.gz; no Release file: a source line with [trusted=yes] reads it). Built with
+    dpkg-deb, indexed here (the fields dpkg-scanpackages writes); idempotent (a .deb already there is kept)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    stanzas = []
+    for name, versions in sorted(packages.items()):
+        for version in versions:
+            deb = dest / ("%s_%s_all.deb" % (name, version))
+            control = ("Package: %s\nVersion: %s\nArchitecture: all\nMaintainer: gpuops.cluster tests <tests@gpuops.invalid>\n"
+                       "Section: misc\nPriority: optional\nDescription: FAKE stand-in for NVIDIA's %s (gpuops.cluster tests)\n"
+                       " Installs nothing but this note: no driver, no kernel module, no library.\n" % (name, version, name))
+            if not deb.exists():
+                with tempfile.TemporaryDirectory() as tmp:
+                    root = Path(tmp) / "pkg"
+                    (root / "DEBIAN").mkdir(parents=True)
+                    (root / "DEBIAN" / "control").write_text(control)
+                    doc = root / "usr" / "share" / "doc" / name
+                    doc.mkdir(parents=True)
+                    (doc / "FAKE").write_text("FAKE %s %s: a gpuops.cluster test package, not NVIDIA's\n" % (name, version))
+                    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)],
+                                   check=True, capture_output=True)
+            data = deb.read_bytes()
+            fields = control.split("Description:", 1)
+            stanzas.append("%sFilename: ./%s\nSize: %d\nMD5sum: %s\nSHA1: %s\nSHA256: %s\nDescription:%s" % (
+                fields[0], deb.name, len(data), hashlib.md5(data).hexdigest(), hashlib.sha1(data).hexdigest(),
+                hashlib.sha256(data).hexdigest(), fields[1]))
+    index = "\n".join(stanzas).encode()
+    (dest / "Packages").write_bytes(index)
+    (dest / "Packages.gz").write_bytes(gzip.compress(index, mtime=0))
+    return dest
 
 
 class KubeconfigApi:
