@@ -18,9 +18,11 @@ BASE="${GPUOPS_NODE_IMAGE:-localhost/gpuops-node:bookworm}"
 IMAGE="${GPUOPS_LAB_NODE_IMAGE:-localhost/gpuops-lab-node:bookworm}"
 # iptables/conntrack/ipset/ethtool/socat: kubelet, kube-proxy and kube-router preflight and data
 # path; keepalived: the API server VIP; runc: containerd's runtime; python3-debian/gnupg: the
-# kubernetes_packages role's deb822 repository; ebtables: kubeadm preflight.
+# kubernetes_packages role's deb822 repository; ebtables: kubeadm preflight; chrony: os_baseline's
+# time sync. Every Debian package a node needs at run time is here: the image keeps no Debian apt
+# source (an air-gapped site's nodes reach only its own mirrors; the lab's: the artifact mirror).
 PACKAGES=(iptables conntrack ipset ethtool socat ebtables keepalived runc python3-debian gnupg
-          ca-certificates curl)
+          ca-certificates curl chrony)
 # Units a lab node does not need, masked to save host-global inotify instances (docs/lab.md
 # "inotify budget"): fs.inotify.max_user_instances (128 here) counts root's instances across every
 # user namespace, so the six nodes share it with each other and with the rest of the machine.
@@ -95,8 +97,11 @@ CONF
 cat > "$ctx/Containerfile" <<CF
 FROM $BASE
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \\
-      ${PACKAGES[*]} >/dev/null && apt-get clean && rm -rf /var/log/*.log \\
- && { systemctl disable keepalived.service >/dev/null 2>&1 || true; }
+      ${PACKAGES[*]} >/dev/null && apt-get clean && rm -rf /var/log/*.log /var/lib/apt/lists/* \\
+ && { systemctl disable keepalived.service chrony.service >/dev/null 2>&1 || true; } \\
+ && rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources \\
+ && printf '#!/bin/sh\\n# gpuops lab: maintainer scripts start no service (the roles start what they configure)\\nexit 101\\n' \\
+      > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d
 COPY etc/ /etc/
 COPY usr/ /usr/
 RUN systemctl enable gpuops-sysctl-shield.service && systemctl mask systemd-sysctl.service \\
