@@ -317,6 +317,18 @@ def test_remove_a_worker_and_add_it_back_with_scale(day2):
     node = json.loads(kubectl("get", "node", "lab-cpu1", "-o", "json").stdout)
     assert node["metadata"]["labels"]["topology.kubernetes.io/zone"] == ZONES["lab-cpu1"]
     assert_lab_whole()
+    # a pod starts on it: the node's pod network follows its new pod CIDR (remove_node.yml deletes the CNI
+    # config, bridge and IP allocations kubeadm reset leaves; before, every sandbox failed on the old address)
+    pod = "gpuops-rejoined-" + uuid.uuid4().hex[:6]
+    kubectl("-n", "default", "run", pod, "--image", BUSYBOX, "--restart=Never",
+            "--overrides", json.dumps({"spec": {"nodeSelector": {"kubernetes.io/hostname": "lab-cpu1"},
+                                                "terminationGracePeriodSeconds": 1}}), "--", "sleep", "600")
+    try:
+        ready = kubectl("-n", "default", "wait", "--for=condition=Ready", "pod/" + pod, "--timeout=120s", timeout=150,
+                        check=False)
+        assert ready.returncode == 0, kubectl("-n", "default", "describe", "pod", pod, check=False).stdout[-3000:]
+    finally:
+        kubectl("-n", "default", "delete", "pod", pod, "--wait=false", check=False)
 
 
 def test_remove_a_control_plane_and_join_it_back_with_scale(day2):

@@ -181,11 +181,20 @@ def test_readiness_waits_for_the_model_not_for_ping(served):
 
 
 def _client(ns, name, labels):
+    """A busybox client pod on the CPU worker (the TorchServe pods run on the GPU nodes: traffic across nodes)."""
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": labels},
            "spec": {"terminationGracePeriodSeconds": 1, "nodeSelector": {"kubernetes.io/hostname": "lab-cpu1"},
                     "containers": [{"name": "c", "image": BUSYBOX, "command": ["sleep", "3600"]}]}}
     kubectl("apply", "-f", "-", input_text=json.dumps(pod))
     return name
+
+
+def _wait_ready(ns, pod):
+    proc = kubectl("wait", "--for=condition=Ready", "pod/%s" % pod, "-n", ns, "--timeout=120s", timeout=150, check=False)
+    if proc.returncode != 0:
+        print(kubectl("-n", ns, "describe", "pod", pod, check=False).stdout[-4000:])
+        print(kubectl("get", "nodes", "-o", "wide", check=False).stdout)
+    assert proc.returncode == 0, "client pod %s/%s not Ready in 120 s: %s" % (ns, pod, proc.stderr)
 
 
 def _wget(ns, pod, url, post=None, timeout=6):
@@ -200,8 +209,8 @@ def test_network_policy_lets_only_the_gateway_in_and_the_model_mirror_out(served
     _wait("3 Ready pods", lambda: sum(_ready(p) for p in _pods()) == 3, 300)
     gw = _client("istio-system", "gpuops-test-gateway", {"istio": "ingressgateway"})   # the gateway's labels
     out = _client("default", "gpuops-test-outsider", {"app": "outsider"})
-    kubectl("wait", "--for=condition=Ready", "pod/%s" % gw, "-n", "istio-system", "--timeout=120s", timeout=150)
-    kubectl("wait", "--for=condition=Ready", "pod/%s" % out, "-n", "default", "--timeout=120s", timeout=150)
+    _wait_ready("istio-system", gw)
+    _wait_ready("default", out)
     svc = "http://%s.%s.svc.cluster.local:8080" % (APP, NS)
     # the gateway's pods reach the model through the Service: a real prediction by the gated version
     rc, body = _wget("istio-system", gw, "%s/predictions/%s/%s" % (svc, MODEL, VERSION), post="[1, 2, 3, 4]")
