@@ -454,46 +454,41 @@ raw = yaml.safe_load(versions_file.read_text())
 scalars = {k: v for k, v in raw.items() if isinstance(v, str) and "{{" not in v}
 env = jinja2.Environment(undefined=jinja2.StrictUndefined)
 versions = {k: v for k, v in sorted(raw.items()) if k.endswith("_version")}
-images = []
-for img in raw["container_images_list"]:
-    name, tag = env.from_string(img["image"]).render(**scalars), env.from_string(img["tag"]).render(**scalars)
-    ref = f"{name}:{tag}"
-    archive = bundle / "images" / f"{name.replace('/', '_')}_{tag}.tar"
-    if not archive.exists():
-        sys.exit(f"cluster-images.sh: ERROR: {archive} missing (run the images step)")
+def image_entry(iname, ref, nodes, archive):
+    """The manifest entry of the image archive `archive` that must hold `ref`."""
+    name, tag = ref.rsplit(":", 1)
     info = oci_image.cmd_inspect(type("A", (), {"archive": str(archive)})())
     if info["ref"] != ref:
         sys.exit(f"cluster-images.sh: ERROR: {archive} holds {info['ref']}, expected {ref}")
     registry, _, path = name.partition("/")
     if registry == "docker.io" and "/" not in path:
         path = "library/" + path
-    images.append({"name": img["name"], "ref": ref, "registry": registry, "repository": path, "tag": tag,
-                   "nodes": img["nodes"], "digest": info["digest"], "mediaType": info["mediaType"],
-                   "config": info["config"], "platform": info["platform"],
-                   "size": sum(layer["size"] for layer in info["layers"]),
-                   "archive": str(archive.relative_to(bundle)), "archive_sha256": cached_sha256(archive)})
+    return {"name": iname, "ref": ref, "registry": registry, "repository": path, "tag": tag,
+            "nodes": nodes, "digest": info["digest"], "mediaType": info["mediaType"],
+            "config": info["config"], "platform": info["platform"],
+            "size": sum(layer["size"] for layer in info["layers"]),
+            "archive": str(archive.relative_to(bundle)), "archive_sha256": cached_sha256(archive)}
+
+def archive_of(ref):
+    name, tag = ref.rsplit(":", 1)
+    return bundle / "images" / f"{name.replace('/', '_')}_{tag}.tar"
+
+images = []
+for img in raw["container_images_list"]:
+    ref = f"{env.from_string(img['image']).render(**scalars)}:{env.from_string(img['tag']).render(**scalars)}"
+    if not archive_of(ref).exists():
+        sys.exit(f"cluster-images.sh: ERROR: {archive_of(ref)} missing (run the images step)")
+    images.append(image_entry(img["name"], ref, img["nodes"], archive_of(ref)))
 # Workload images built by their own parts (scripts/build/torchserve-image.sh): listed under
 # "workloads" once their archive exists (a cold setup builds them in the other lane), pushed to the
 # site registry with the rest, never pre-pulled on every node.
 workloads = []
-ts = yaml.safe_load((repo / "roles" / "torchserve" / "defaults" / "main.yml").read_text())["torchserve_image"]
-first = ts.split("/", 1)[0]
-ts = ts if "/" in ts and ("." in first or ":" in first) else "docker.io/" + ts
+ts = oci_image.full_ref(yaml.safe_load((repo / "roles" / "torchserve" / "defaults" / "main.yml").read_text())["torchserve_image"])
 for wname, ref in (("torchserve", ts),):
-    name, tag = ref.rsplit(":", 1)
-    archive = bundle / "images" / f"{name.replace('/', '_')}_{tag}.tar"
-    if not archive.exists():
+    if not archive_of(ref).exists():
         print(f"workload image {ref} not in the bundle yet (scripts/build/torchserve-image.sh)")
         continue
-    info = oci_image.cmd_inspect(type("A", (), {"archive": str(archive)})())
-    if info["ref"] != ref:
-        sys.exit(f"cluster-images.sh: ERROR: {archive} holds {info['ref']}, expected {ref}")
-    registry, _, path = name.partition("/")
-    workloads.append({"name": wname, "ref": ref, "registry": registry, "repository": path, "tag": tag,
-                      "nodes": "none", "digest": info["digest"], "mediaType": info["mediaType"],
-                      "config": info["config"], "platform": info["platform"],
-                      "size": sum(layer["size"] for layer in info["layers"]),
-                      "archive": str(archive.relative_to(bundle)), "archive_sha256": cached_sha256(archive)})
+    workloads.append(image_entry(wname, ref, "none", archive_of(ref)))
 binaries = []
 mirror = bundle / "bin"
 k8s = versions["container_images_kubernetes_version"]

@@ -37,10 +37,11 @@ JRE=openjdk-17-jre-headless
 # the pinned reference: the torchserve role's default image, with docker.io/ made explicit
 ref="$("$GPUOPS_VENV/bin/python" -c '
 import sys, yaml
-ref = yaml.safe_load(open(sys.argv[1]))["torchserve_image"]
-first = ref.split("/", 1)[0]
-print(ref if "/" in ref and ("." in first or ":" in first) else "docker.io/" + ref)
-' "$GPUOPS_REPO/roles/torchserve/defaults/main.yml")" || die "cannot read torchserve_image from roles/torchserve/defaults/main.yml"
+sys.path.insert(0, sys.argv[2])
+import oci_image
+print(oci_image.full_ref(yaml.safe_load(open(sys.argv[1]))["torchserve_image"]))
+' "$GPUOPS_REPO/roles/torchserve/defaults/main.yml" "$GPUOPS_REPO/scripts/lib")" \
+  || die "cannot read torchserve_image from roles/torchserve/defaults/main.yml"
 name="${ref%:*}"; tag="${ref##*:}"
 out="$BUNDLE/images/$(printf '%s' "$name" | tr '/' '_')_$tag.tar"
 

@@ -66,6 +66,13 @@ def split_ref(ref: str) -> tuple[str, str]:
     return name, tag
 
 
+def full_ref(ref: str) -> str:
+    """An image reference with its registry host: 'pytorch/torchserve:0.12.0-gpu' ->
+    'docker.io/pytorch/torchserve:0.12.0-gpu' (a first component without '.' or ':' is not a host)."""
+    first = ref.split("/", 1)[0]
+    return ref if "/" in ref and ("." in first or ":" in first) else "docker.io/" + ref
+
+
 def _json_bytes(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
@@ -98,14 +105,7 @@ class Blobs:
                         break
                     diff.update(chunk)
                     gz.write(chunk)
-        comp = hashlib.sha256()
-        with open(tmp, "rb") as f:
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                comp.update(chunk)
-        size = tmp.stat().st_size
-        tmp.rename(self.dir / comp.hexdigest())
-        return ({"mediaType": MT_LAYER_GZ, "digest": "sha256:" + comp.hexdigest(), "size": size},
-                "sha256:" + diff.hexdigest())
+        return self._store_layer(tmp, MT_LAYER_GZ, diff)
 
     def add_zstd_layer(self, raw) -> tuple[dict, str]:
         """Like add_gzip_layer, through `zstd -3 -T2` (deterministic for a fixed level and thread count)."""
@@ -125,13 +125,18 @@ class Blobs:
                 rc = proc.wait()
         if rc != 0:
             raise ImageError(f"zstd failed (rc {rc}): is the zstd CLI installed (apt-get install zstd)?")
+        return self._store_layer(tmp, MT_LAYER_ZSTD, diff)
+
+    def _store_layer(self, tmp: Path, media_type: str, diff) -> tuple[dict, str]:
+        """The compressed layer written to `tmp` becomes the blob named by its digest; returns
+        (descriptor, diff_id) with `diff` the sha256 of the uncompressed stream."""
         comp = hashlib.sha256()
         with open(tmp, "rb") as f:
             for chunk in iter(lambda: f.read(CHUNK), b""):
                 comp.update(chunk)
         size = tmp.stat().st_size
         tmp.rename(self.dir / comp.hexdigest())
-        return ({"mediaType": MT_LAYER_ZSTD, "digest": "sha256:" + comp.hexdigest(), "size": size},
+        return ({"mediaType": media_type, "digest": "sha256:" + comp.hexdigest(), "size": size},
                 "sha256:" + diff.hexdigest())
 
 
