@@ -166,7 +166,10 @@ def test_second_up_pushes_nothing_and_the_access_log_shows_requests(manifest, re
 def test_down_leaves_a_container_without_our_label(manifest, registry):
     net = f"gpuops-airgap-other-{os.getpid()}"
     ref = next(i["ref"] for i in manifest["images"] if i["name"] == "registry")
-    _run(["podman", "create", "--name", f"gpuops-registry-{net}", "--pull=never", ref])
+    # the image declares VOLUME /var/lib/registry: a tmpfs there instead of an anonymous volume,
+    # which `podman rm` would leave behind (one empty volume per run, found 2026-12-01)
+    _run(["podman", "create", "--name", f"gpuops-registry-{net}", "--pull=never",
+          "--tmpfs", "/var/lib/registry", ref])
     try:
         out = _run([str(REPO / "scripts" / "registry"), "down", net], env=registry["env"]).stdout
         assert "not a gpuops registry" in out
