@@ -9,10 +9,18 @@ import subprocess
 import time
 from pathlib import Path
 
+import yaml
+
 from tests.testbed.common import mitogen_strategy_env, private_stdin
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("GPUOPS_CACHE", str(Path.home() / ".cache" / "gpuops")))
+# The torchserve role's pinned image (its default), as containerd names it, and its repository and
+# tag as the site registry logs them: the serving pods and test_vault's reader pod run it.
+SERVING_IMAGE_REF = yaml.safe_load((REPO / "roles" / "torchserve" / "defaults" / "main.yml").read_text())[
+    "torchserve_image"]
+SERVING_IMAGE = "docker.io/" + SERVING_IMAGE_REF
+SERVING_IMAGE_REPO, SERVING_IMAGE_TAG = SERVING_IMAGE_REF.rsplit(":", 1)
 KUBECONFIG = CACHE / "lab" / "admin.conf"
 LOGS = CACHE / "lab" / "logs"
 KUBECTL = str(Path(os.environ.get("GPUOPS_BIN", str(CACHE / "bin"))) / "kubectl")

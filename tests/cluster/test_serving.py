@@ -21,7 +21,8 @@ import time
 
 import pytest
 
-from tests.cluster.lab import BUSYBOX, CACHE, GPU, KUBECONFIG, LOGS, ZONES, fake_gpus, kubectl, playbook, record, run
+from tests.cluster.lab import (BUSYBOX, CACHE, GPU, KUBECONFIG, LOGS, SERVING_IMAGE_REF, SERVING_IMAGE_REPO,
+                               SERVING_IMAGE_TAG, ZONES, fake_gpus, kubectl, playbook, record, run)
 from tests.testbed.model import build as model_build
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -145,12 +146,12 @@ def test_pods_pull_through_the_registry_fetch_the_archive_and_spread_over_gpu_zo
         init = p["status"]["initContainerStatuses"][0]
         assert init["name"] == "fetch-model" and init["state"]["terminated"]["exitCode"] == 0, init
         ts = p["status"]["containerStatuses"][0]
-        assert ts["image"].endswith("pytorch/torchserve:0.12.0-gpu"), ts
+        assert ts["image"].endswith(SERVING_IMAGE_REF), ts
         logs = kubectl("-n", NS, "logs", p["metadata"]["name"], "-c", "fetch-model").stdout
         assert served["sha"] in logs, logs
     # containerd asked the site registry for the image (its access log, this session's lines)
     reg = run(["scripts/registry", "log", "gpuops-lab"], timeout=120).stdout
-    assert "/v2/pytorch/torchserve/manifests/0.12.0-gpu" in reg
+    assert "/v2/%s/manifests/%s" % (SERVING_IMAGE_REPO, SERVING_IMAGE_TAG) in reg
 
 
 def test_readiness_waits_for_the_model_not_for_ping(served):

@@ -23,8 +23,8 @@ import hvac
 import pytest
 import requests
 
-from tests.cluster.lab import (CACHE, CONTROL, GPU, LOGS, RECAP, VAULT_API, VAULT_CA, VAULT_SECRETS, ansible_env,
-                               kubectl, node_exec, record, run)
+from tests.cluster.lab import (CACHE, CONTROL, GPU, LOGS, RECAP, SERVING_IMAGE, VAULT_API, VAULT_CA, VAULT_SECRETS,
+                               ansible_env, kubectl, node_exec, record, run)
 from tests.testbed.common import wait_for, write_private
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -169,7 +169,6 @@ while True:
         token = None
     time.sleep(1)
 """
-SERVING_IMAGE = "docker.io/pytorch/torchserve:0.12.0-gpu"   # torchserve_image (roles/torchserve/defaults)
 
 
 def _digest(value):
