@@ -454,9 +454,10 @@ raw = yaml.safe_load(versions_file.read_text())
 scalars = {k: v for k, v in raw.items() if isinstance(v, str) and "{{" not in v}
 env = jinja2.Environment(undefined=jinja2.StrictUndefined)
 versions = {k: v for k, v in sorted(raw.items()) if k.endswith("_version")}
-def image_entry(iname, ref, nodes, archive):
-    """The manifest entry of the image archive `archive` that must hold `ref`."""
+def image_entry(iname, ref, nodes):
+    """The manifest entry of `ref`'s image archive (archive_of), which must hold `ref`."""
     name, tag = ref.rsplit(":", 1)
+    archive = archive_of(ref)
     info = oci_image.cmd_inspect(type("A", (), {"archive": str(archive)})())
     if info["ref"] != ref:
         sys.exit(f"cluster-images.sh: ERROR: {archive} holds {info['ref']}, expected {ref}")
@@ -478,7 +479,7 @@ for img in raw["container_images_list"]:
     ref = f"{env.from_string(img['image']).render(**scalars)}:{env.from_string(img['tag']).render(**scalars)}"
     if not archive_of(ref).exists():
         sys.exit(f"cluster-images.sh: ERROR: {archive_of(ref)} missing (run the images step)")
-    images.append(image_entry(img["name"], ref, img["nodes"], archive_of(ref)))
+    images.append(image_entry(img["name"], ref, img["nodes"]))
 # Workload images built by their own parts (scripts/build/torchserve-image.sh): listed under
 # "workloads" once their archive exists (a cold setup builds them in the other lane), pushed to the
 # site registry with the rest, never pre-pulled on every node.
@@ -488,7 +489,7 @@ for wname, ref in (("torchserve", ts),):
     if not archive_of(ref).exists():
         print(f"workload image {ref} not in the bundle yet (scripts/build/torchserve-image.sh)")
         continue
-    workloads.append(image_entry(wname, ref, "none", archive_of(ref)))
+    workloads.append(image_entry(wname, ref, "none"))
 binaries = []
 mirror = bundle / "bin"
 k8s = versions["container_images_kubernetes_version"]

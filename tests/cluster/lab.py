@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,13 +15,17 @@ import yaml
 from tests.testbed.common import mitogen_strategy_env, private_stdin
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts" / "lib"))
+import oci_image  # noqa: E402  (scripts/lib: image references as the bundle and the site registry name them)
+
 CACHE = Path(os.environ.get("GPUOPS_CACHE", str(Path.home() / ".cache" / "gpuops")))
 # The torchserve role's pinned image (its default), as containerd names it, and its repository and
 # tag as the site registry logs them: the serving pods and test_vault's reader pod run it.
 SERVING_IMAGE_REF = yaml.safe_load((REPO / "roles" / "torchserve" / "defaults" / "main.yml").read_text())[
     "torchserve_image"]
-SERVING_IMAGE = "docker.io/" + SERVING_IMAGE_REF
-SERVING_IMAGE_REPO, SERVING_IMAGE_TAG = SERVING_IMAGE_REF.rsplit(":", 1)
+SERVING_IMAGE = oci_image.full_ref(SERVING_IMAGE_REF)
+_SERVING_IMAGE_NAME, SERVING_IMAGE_TAG = oci_image.split_ref(SERVING_IMAGE)
+SERVING_IMAGE_REPO = _SERVING_IMAGE_NAME.split("/", 1)[1]    # the path after the registry host
 KUBECONFIG = CACHE / "lab" / "admin.conf"
 LOGS = CACHE / "lab" / "logs"
 KUBECTL = str(Path(os.environ.get("GPUOPS_BIN", str(CACHE / "bin"))) / "kubectl")
@@ -80,6 +85,17 @@ def run(argv, timeout=600, check=True, env=None, input_text=None):
 def kubectl(*args, timeout=120, check=True, input_text=None):
     return run([KUBECTL, "--kubeconfig", str(KUBECONFIG), *args], timeout=timeout, check=check,
                input_text=input_text)
+
+
+def wait_pod_ready(ns, pod, timeout=120):
+    """kubectl wait until pod ns/pod is Ready; when it is not, print its description (events) and the
+    nodes, then fail naming it."""
+    proc = kubectl("wait", "--for=condition=Ready", "pod/%s" % pod, "-n", ns, "--timeout=%ds" % timeout,
+                   timeout=timeout + 30, check=False)
+    if proc.returncode != 0:
+        print(kubectl("-n", ns, "describe", "pod", pod, check=False).stdout[-4000:])
+        print(kubectl("get", "nodes", "-o", "wide", check=False).stdout)
+    assert proc.returncode == 0, "pod %s/%s not Ready in %d s: %s" % (ns, pod, timeout, proc.stderr)
 
 
 def fake_gpus(node, count):

@@ -19,7 +19,7 @@ import pytest
 
 from plugins.filter.encryption import encryption_next_key_name
 from tests.cluster.lab import (BUSYBOX, CACHE, CONTROL, IPS, LOGS, NODES, ZONES, ansible_env, etcd_api, kubectl, node_exec,
-                               record, run)
+                               record, run, wait_pod_ready)
 from tests.testbed.common import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -324,9 +324,7 @@ def test_remove_a_worker_and_add_it_back_with_scale(day2):
             "--overrides", json.dumps({"spec": {"nodeSelector": {"kubernetes.io/hostname": "lab-cpu1"},
                                                 "terminationGracePeriodSeconds": 1}}), "--", "sleep", "600")
     try:
-        ready = kubectl("-n", "default", "wait", "--for=condition=Ready", "pod/" + pod, "--timeout=120s", timeout=150,
-                        check=False)
-        assert ready.returncode == 0, kubectl("-n", "default", "describe", "pod", pod, check=False).stdout[-3000:]
+        wait_pod_ready("default", pod)
     finally:
         kubectl("-n", "default", "delete", "pod", pod, "--wait=false", check=False)
 

@@ -22,7 +22,8 @@ import time
 import pytest
 
 from tests.cluster.lab import (BUSYBOX, CACHE, GPU, KUBECONFIG, LOGS, SERVING_IMAGE_REF, SERVING_IMAGE_REPO,
-                               SERVING_IMAGE_TAG, ZONES, fake_gpus, kubectl, playbook, record, run)
+                               SERVING_IMAGE_TAG, ZONES, fake_gpus, kubectl, playbook, record, run,
+                               wait_pod_ready)
 from tests.testbed.model import build as model_build
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -190,14 +191,6 @@ def _client(ns, name, labels):
     return name
 
 
-def _wait_ready(ns, pod):
-    proc = kubectl("wait", "--for=condition=Ready", "pod/%s" % pod, "-n", ns, "--timeout=120s", timeout=150, check=False)
-    if proc.returncode != 0:
-        print(kubectl("-n", ns, "describe", "pod", pod, check=False).stdout[-4000:])
-        print(kubectl("get", "nodes", "-o", "wide", check=False).stdout)
-    assert proc.returncode == 0, "client pod %s/%s not Ready in 120 s: %s" % (ns, pod, proc.stderr)
-
-
 def _wget(ns, pod, url, post=None, timeout=6):
     argv = ["timeout", str(timeout), "wget", "-q", "-O", "-"]
     if post is not None:
@@ -210,8 +203,8 @@ def test_network_policy_lets_only_the_gateway_in_and_the_model_mirror_out(served
     _wait("3 Ready pods", lambda: sum(_ready(p) for p in _pods()) == 3, 300)
     gw = _client("istio-system", "gpuops-test-gateway", {"istio": "ingressgateway"})   # the gateway's labels
     out = _client("default", "gpuops-test-outsider", {"app": "outsider"})
-    _wait_ready("istio-system", gw)
-    _wait_ready("default", out)
+    wait_pod_ready("istio-system", gw)
+    wait_pod_ready("default", out)
     svc = "http://%s.%s.svc.cluster.local:8080" % (APP, NS)
     # the gateway's pods reach the model through the Service: a real prediction by the gated version
     rc, body = _wget("istio-system", gw, "%s/predictions/%s/%s" % (svc, MODEL, VERSION), post="[1, 2, 3, 4]")
