@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.testbed.common import mitogen_strategy_env, private_stdin
+from tests.testbed.common import private_stdin
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts" / "lib"))
@@ -110,22 +110,30 @@ def node_exec(node, *argv, timeout=60, check=True):
 
 
 def ansible_env(**extra):
-    """The environment of every ansible-playbook run on the lab: the repo's ansible.cfg and, unless
-    GPUOPS_LAB_MITOGEN=0, the lab's Mitogen strategy (scripts/lab-ansible/lab-env, docs/lab.md), the
-    same settings scripts/site-lab uses."""
+    """The environment of every ansible-playbook run on the lab: the repo's ansible.cfg and what
+    scripts/lab-ansible/lab-env exports (the lab's Mitogen strategy unless GPUOPS_LAB_MITOGEN=0, the
+    lab's fact cache; docs/lab.md), the same settings scripts/site-lab uses."""
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), **extra)
-    if env.get("GPUOPS_LAB_MITOGEN", "1") != "0":
-        env.update(mitogen_strategy_env())
+    env.setdefault("GPUOPS_REPO", str(REPO))
+    env.setdefault("GPUOPS_CACHE", str(CACHE))
+    out = run(["bash", "-c", 'source "$GPUOPS_REPO/scripts/lab-ansible/lab-env" && env -0'], env=env).stdout
+    env.update(line.split("=", 1) for line in out.split("\0") if line.startswith("ANSIBLE_"))
     return env
+
+
+# CPU seconds (user + system) of each playbook run's processes on this host, by log name: the
+# controller's share of a run (ansible-playbook, its workers, Mitogen's and podman's processes)
+CPU = {}
 
 
 def playbook(path, log_name, *extra, timeout=1800):
     """ansible-playbook PATH on the lab with profile_tasks; the log goes to LOGS/LOG_NAME.log.
-    Returns (completed process, wall seconds)."""
+    Returns (completed process, wall seconds); CPU[LOG_NAME] holds the run's CPU seconds."""
     env = ansible_env(ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks", PROFILE_TASKS_TASK_OUTPUT_LIMIT="30")
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), os.times()
     proc = run(["ansible-playbook", "-i", "inventories/lab/hosts.yml", path, *extra], timeout=timeout, check=False, env=env)
-    wall = time.monotonic() - t0
+    wall, c1 = time.monotonic() - t0, os.times()
+    CPU[log_name] = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
     LOGS.mkdir(parents=True, exist_ok=True)
     (LOGS / ("%s.log" % log_name)).write_text(proc.stdout + proc.stderr)
     return proc, wall

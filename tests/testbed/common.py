@@ -332,7 +332,8 @@ def run_json_playbook(argv: list, env: dict, cwd, host: str) -> dict:
 def mitogen_strategy_env() -> Dict[str, str]:
     """The environment that runs ansible-playbook through the project's Mitogen strategy
     (scripts/lab-ansible/strategy_plugins/gpuops_mitogen_linear.py: Mitogen's linear strategy without
-    its CPU pinning; docs/lab.md). The lab, test_gpu_stack_upgrade's bed runs and the storage VM test
-    use it; molecule and scripts/lab-ansible/lab-env set the same two variables in their own files."""
+    its CPU pinning; docs/lab.md). test_gpu_stack_upgrade's bed runs and the storage VM test use it;
+    molecule and scripts/lab-ansible/lab-env (the lab's runs) set the same two variables in their own
+    files."""
     return {"ANSIBLE_STRATEGY_PLUGINS": str(REPO / "scripts" / "lab-ansible" / "strategy_plugins"),
             "ANSIBLE_STRATEGY": "gpuops_mitogen_linear"}
