@@ -123,17 +123,17 @@ def ansible_env(**extra):
 
 # CPU seconds (user + system) of each playbook run's processes on this host, by log name: the
 # controller's share of a run (ansible-playbook, its workers, Mitogen's and podman's processes)
-CPU = {}
+PLAYBOOK_CPU = {}
 
 
 def playbook(path, log_name, *extra, timeout=1800):
     """ansible-playbook PATH on the lab with profile_tasks; the log goes to LOGS/LOG_NAME.log.
-    Returns (completed process, wall seconds); CPU[LOG_NAME] holds the run's CPU seconds."""
+    Returns (completed process, wall seconds); PLAYBOOK_CPU[LOG_NAME] holds the run's CPU seconds."""
     env = ansible_env(ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks", PROFILE_TASKS_TASK_OUTPUT_LIMIT="30")
     t0, c0 = time.monotonic(), os.times()
     proc = run(["ansible-playbook", "-i", "inventories/lab/hosts.yml", path, *extra], timeout=timeout, check=False, env=env)
     wall, c1 = time.monotonic() - t0, os.times()
-    CPU[log_name] = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
+    PLAYBOOK_CPU[log_name] = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
     LOGS.mkdir(parents=True, exist_ok=True)
     (LOGS / ("%s.log" % log_name)).write_text(proc.stdout + proc.stderr)
     return proc, wall
