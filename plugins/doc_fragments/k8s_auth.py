@@ -66,6 +66,15 @@ options:
         E(HTTPS_PROXY) are not used.
       - Can also be set with the E(K8S_AUTH_PROXY) environment variable.
     type: str
+  request_timeout:
+    description:
+      - Seconds one API request may take to connect, and to each read of its answer, before it fails
+        as a transient error (retried like an HTTP 503, within the module's retry budget). The
+        Kubernetes client first retries a timed-out request 3 times itself.
+      - When not set, 30 seconds. The Kubernetes client's own default is no limit, so a request to an
+        API server that stopped answering would wait forever.
+      - Can also be set with the E(K8S_AUTH_REQUEST_TIMEOUT) environment variable.
+    type: float
 requirements:
   - kubernetes (Python library) >= 24.2.0
 notes:

@@ -23,7 +23,7 @@ import json
 import time
 
 from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_connection import (  # noqa: F401 (re-exported)
-    AUTH_PARAM_NAMES, HAS_KUBERNETES, K8S_AUTH_ARG_SPEC, KUBERNETES_IMPORT_ERROR, ApiException, K8sClientError,
+    AUTH_PARAM_NAMES, DEFAULT_REQUEST_TIMEOUT, HAS_KUBERNETES, K8S_AUTH_ARG_SPEC, KUBERNETES_IMPORT_ERROR, ApiException, K8sClientError,
     get_api_client, k8s_auth_argument_spec, require_kubernetes)
 from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_errors import (  # noqa: F401 (re-exported)
     TRANSIENT_STATUSES, Backoff, api_error_message, connection_error_message, fail_on_k8s_error, is_transient,
@@ -32,7 +32,7 @@ from ansible_collections.gpuops.cluster.plugins.module_utils.k8s_readiness impor
 
 __all__ = [
     # k8s_connection
-    "AUTH_PARAM_NAMES", "HAS_KUBERNETES", "K8S_AUTH_ARG_SPEC", "KUBERNETES_IMPORT_ERROR", "ApiException",
+    "AUTH_PARAM_NAMES", "DEFAULT_REQUEST_TIMEOUT", "HAS_KUBERNETES", "K8S_AUTH_ARG_SPEC", "KUBERNETES_IMPORT_ERROR", "ApiException",
     "K8sClientError", "get_api_client", "k8s_auth_argument_spec", "require_kubernetes",
     # k8s_errors
     "TRANSIENT_STATUSES", "Backoff", "api_error_message", "connection_error_message", "fail_on_k8s_error",

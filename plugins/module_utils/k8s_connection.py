@@ -34,8 +34,9 @@ except ImportError:  # pragma: no cover - exercised only without the library
         body = None
 
 
-__all__ = ["AUTH_PARAM_NAMES", "HAS_KUBERNETES", "K8S_AUTH_ARG_SPEC", "KUBERNETES_IMPORT_ERROR", "ApiException",
-           "K8sClientError", "get_api_client", "k8s_auth_argument_spec", "require_kubernetes"]
+__all__ = ["AUTH_PARAM_NAMES", "DEFAULT_REQUEST_TIMEOUT", "HAS_KUBERNETES", "K8S_AUTH_ARG_SPEC",
+           "KUBERNETES_IMPORT_ERROR", "ApiException", "K8sClientError", "get_api_client", "k8s_auth_argument_spec",
+           "require_kubernetes"]
 
 K8S_AUTH_ARG_SPEC = {
     "kubeconfig": {"type": "path", "fallback": (env_fallback, ["K8S_AUTH_KUBECONFIG"])},
@@ -51,7 +52,13 @@ K8S_AUTH_ARG_SPEC = {
     "client_key": {"type": "path", "aliases": ["key_file"],
                    "fallback": (env_fallback, ["K8S_AUTH_KEY_FILE"])},
     "proxy": {"type": "str", "fallback": (env_fallback, ["K8S_AUTH_PROXY"])},
+    "request_timeout": {"type": "float", "fallback": (env_fallback, ["K8S_AUTH_REQUEST_TIMEOUT"])},
 }
+
+# The bound on one API request (connect and each read) when the options give none. The client
+# library's own default is no bound: a request to an API server that stops answering mid-way (a
+# control plane lost while a rollout waits) would wait forever.
+DEFAULT_REQUEST_TIMEOUT = 30.0
 
 AUTH_PARAM_NAMES = tuple(K8S_AUTH_ARG_SPEC)
 
@@ -71,6 +78,41 @@ def require_kubernetes(module):
         module.fail_json(msg=missing_required_lib("kubernetes"), exception=KUBERNETES_IMPORT_ERROR)
 
 
+if HAS_KUBERNETES:
+    class BoundedApiClient(kubernetes.client.ApiClient):
+        """An ``ApiClient`` whose every request has a timeout: ``request_timeout`` seconds to connect
+        and to each read, unless the call passes its own ``_request_timeout``. A request that times out raises urllib3's
+        ``TimeoutError``, which ``k8s_errors.is_transient`` counts as transient."""
+
+        def __init__(self, configuration=None, request_timeout=DEFAULT_REQUEST_TIMEOUT):
+            super(BoundedApiClient, self).__init__(configuration=configuration)
+            self.request_timeout = request_timeout
+
+        def request(self, method, url, *args, **kwargs):
+            # The library takes an int (a total) or a (connect, read) pair and silently ignores a
+            # float: a float becomes the pair, so 0.5 or 30.0 bound the request as an int would.
+            timeout = kwargs.get("_request_timeout")
+            if timeout is None:
+                timeout = self.request_timeout
+            if isinstance(timeout, float):
+                timeout = (timeout, timeout)
+            kwargs["_request_timeout"] = timeout
+            return super(BoundedApiClient, self).request(method, url, *args, **kwargs)
+
+
+def _request_timeout(value):
+    """The ``request_timeout`` option as a positive float (K8sClientError otherwise)."""
+    if value is None or value == "":
+        return DEFAULT_REQUEST_TIMEOUT
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1
+    if seconds <= 0:
+        raise K8sClientError("request_timeout must be a number of seconds above 0, got %r" % (value,))
+    return seconds
+
+
 def _env_bool(value):
     if isinstance(value, bool) or value is None:
         return value
@@ -82,6 +124,7 @@ def get_api_client(params):
 
     ``params`` is a dict with the K8S_AUTH_ARG_SPEC keys (missing keys fall back to the
     ``K8S_AUTH_*`` environment variables, so unit tests and scripts can call this too).
+    Every request of the returned client is bounded by ``request_timeout`` seconds (default 30).
     Order: explicit host + token/client cert -> no kubeconfig; explicit kubeconfig/context ->
     that file; otherwise in-cluster, then the default kubeconfig.
     """
@@ -92,7 +135,7 @@ def get_api_client(params):
         "host": "K8S_AUTH_HOST", "api_key": "K8S_AUTH_API_KEY",
         "validate_certs": "K8S_AUTH_VERIFY_SSL", "ca_cert": "K8S_AUTH_SSL_CA_CERT",
         "client_cert": "K8S_AUTH_CERT_FILE", "client_key": "K8S_AUTH_KEY_FILE",
-        "proxy": "K8S_AUTH_PROXY",
+        "proxy": "K8S_AUTH_PROXY", "request_timeout": "K8S_AUTH_REQUEST_TIMEOUT",
     }
     auth = {}
     for name, env in env_names.items():
@@ -102,6 +145,7 @@ def get_api_client(params):
         auth[name] = value
     if auth["validate_certs"] is not None:
         auth["validate_certs"] = _env_bool(auth["validate_certs"])
+    request_timeout = _request_timeout(auth["request_timeout"])
 
     cfg = kubernetes.client.Configuration()
     self_sufficient = auth["host"] and (auth["api_key"] or (auth["client_cert"] and auth["client_key"]))
@@ -139,4 +183,4 @@ def get_api_client(params):
         cfg.proxy = auth["proxy"]
     if not cfg.host:
         raise K8sClientError("no API server: set host, kubeconfig or K8S_AUTH_* variables")
-    return kubernetes.client.ApiClient(configuration=cfg)
+    return BoundedApiClient(configuration=cfg, request_timeout=request_timeout)
