@@ -14,8 +14,9 @@ import uuid
 
 import pytest
 
-from tests.cluster.lab import (BUSYBOX, CACHE, CONTROL, GPU, IPS, KUBECONFIG, LOGS, NODES, PLAYBOOK_CPU, VIP, ZONES,
-                               etcd_api, host_sysctls, kubectl, node_exec, record, run, site)
+from tests.cluster.lab import (BUSYBOX, CACHE, CONTROL, CURRENT_VERSION, GPU, IPS, KUBECONFIG, LAB, LOGS, NODES,
+                               PLAYBOOK_CPU, RECAP, VIP, ZONES, etcd_api, host_sysctls, kubectl, node_exec, playbook,
+                               record, run, site)
 from tests.testbed.common import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -89,6 +90,44 @@ def test_every_node_is_ready_with_its_labels_and_taints(lab):
         if name in CONTROL:
             assert ("node-role.kubernetes.io/control-plane", "", "NoSchedule") in taints
         assert [a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"] == [IPS[name]]
+
+
+def _gpu1_meta():
+    node = json.loads(kubectl("get", "node", "lab-gpu1", "-o", "json").stdout)
+    taints = {(t["key"], t.get("value", ""), t["effect"]) for t in node["spec"].get("taints", [])}
+    return node["metadata"]["labels"], taints, node["metadata"].get("annotations", {})
+
+
+def _cluster_on_gpu1(name, *extra):
+    """playbooks/cluster.yml limited to lab-gpu1 (its kubeadm_node role: join skipped, labels and taints
+    reconciled through lab-cp1); returns lab-gpu1's (ok, changed, unreachable, failed)."""
+    if LAB["version"] != CURRENT_VERSION:
+        extra = ("-e", "gpuops_kubernetes_version=%s" % LAB["version"], *extra)
+    proc, _ = playbook("playbooks/cluster.yml", "cluster-%s" % name, "--limit", "lab-gpu1", *extra)
+    assert proc.returncode == 0, "cluster.yml (%s) failed, log %s" % (name, LOGS / ("cluster-%s.log" % name))
+    return {m[0]: tuple(int(x) for x in m[1:]) for m in RECAP.findall(proc.stdout)}["lab-gpu1"]
+
+
+def test_labels_and_taints_are_reconciled_on_every_run(lab):
+    """Drift on a GPU node (its taint removed by hand, a label the inventory adds then drops) is put back
+    by the next run; a run on the reconciled node changes nothing."""
+    gpu_taint, extra_label = ("nvidia.com/gpu", "present", "NoSchedule"), "gpuops.io/test-reconcile"
+    kubectl("taint", "node", "lab-gpu1", "nvidia.com/gpu-")
+    assert gpu_taint not in _gpu1_meta()[1]
+    try:
+        recap = _cluster_on_gpu1("labels-add", "-e", json.dumps({"kubeadm_node_labels": {extra_label: "yes"}}))
+        labels, taints, notes = _gpu1_meta()
+        assert recap[1] > 0 and gpu_taint in taints and labels.get(extra_label) == "yes", (recap, labels, taints)
+        assert extra_label in notes["gpuops.io/managed-labels"].split(","), notes
+        # the inventory no longer names the label: the role removes it, as it manages it (annotation)
+        recap = _cluster_on_gpu1("labels-drop")
+        labels, taints, notes = _gpu1_meta()
+        assert recap[1] > 0 and extra_label not in labels and gpu_taint in taints, (recap, labels, taints)
+        assert extra_label not in notes["gpuops.io/managed-labels"].split(","), notes
+        assert _cluster_on_gpu1("labels-converged")[1] == 0
+    finally:   # leave the node as the inventory says for the tests after this one
+        kubectl("label", "node", "lab-gpu1", extra_label + "-", check=False)
+        kubectl("taint", "node", "lab-gpu1", "nvidia.com/gpu=present:NoSchedule", "--overwrite", check=False)
 
 
 def test_static_pods_run_on_all_three_control_planes(lab):
