@@ -16,6 +16,7 @@ no mTLS, no VirtualService routing; docs/serving.md); no HPA metrics adapter; no
 
 import hashlib
 import json
+import re
 import shutil
 import time
 
@@ -80,6 +81,29 @@ EGRESS = ("import sys, urllib.request\n"
           "    print('blocked', type(exc).__name__, exc)\n")
 
 
+# A LAB fault, not the product's: on this cgroup-v1-hybrid host a container started in a podman node
+# sometimes gets no cgroup in the node's name=systemd hierarchy (the node's journal: "Failed to attach
+# PID to compat systemd cgroup ...: No such device"); every exec into it then fails with runc's
+# "error adding pid ... to cgroups", and its exec probes never pass (docs/lab.md, the traps).
+LAB_CGROUP_FAULT = re.compile(r"error adding pid \d+ to cgroups")
+
+
+def _replace_pods_the_lab_cannot_exec_into(pods, running, tries=2):
+    """Delete a pod hit by the lab's cgroup fault (its Deployment makes a new one) and wait for the
+    replacement; each replacement is recorded in figures.txt. Returns the pods to test."""
+    for _ in range(tries):
+        broken = [p["metadata"]["name"] for p in pods
+                  if LAB_CGROUP_FAULT.search(_exec(p["metadata"]["name"], "true", check=False).stderr or "")]
+        if not broken:
+            return pods
+        for name in broken:
+            record("serving: LAB FAULT (cgroup v1 in a podman node): no exec into %s (error adding pid to "
+                   "cgroups); pod deleted, its Deployment replaces it" % name)
+            kubectl("-n", NS, "delete", "pod", name, "--wait=true", timeout=120)
+        pods = _wait("3 TorchServe containers running again", running, 600, step=3)
+    return pods
+
+
 @pytest.fixture(scope="module")
 def served(lab, tmp_path_factory):
     """The torchserve role on the lab: 3 stable pods of a gated model version, nothing opened yet."""
@@ -129,6 +153,7 @@ def served(lab, tmp_path_factory):
     info["started_s"] = time.monotonic() - t0
     record("serving: torchserve role %.0f s; 3 TorchServe pods running %.0f s after it started (image pull through "
            "the site registry, archive fetch)" % (wall, info["started_s"]))
+    info["pods"] = _replace_pods_the_lab_cannot_exec_into(info["pods"], running)
     yield info
     kubectl("delete", "namespace", NS, "--wait=false", check=False)
     for node in GPU:
