@@ -139,15 +139,21 @@ def playbook(path, log_name, *extra, timeout=1800):
     return proc, wall
 
 
-def site(name, *extra):
-    """Run playbooks/site.yml on the lab; returns (wall seconds, {host: (ok, changed, unreachable, failed)}, stdout)."""
+def lab_playbook(path, log_name, *extra):
+    """Run a playbook of the collection on the lab at the lab's Kubernetes version (``LAB["version"]``);
+    it must pass. Returns (wall seconds, {host: (ok, changed, unreachable, failed)}, stdout)."""
     if LAB["version"] != CURRENT_VERSION:
         extra = ("-e", "gpuops_kubernetes_version=%s" % LAB["version"], *extra)
-    proc, wall = playbook("playbooks/site.yml", "site-%s" % name, *extra)
+    proc, wall = playbook(path, log_name, *extra)
     recap = {m[0]: tuple(int(x) for x in m[1:]) for m in RECAP.findall(proc.stdout)}
-    assert proc.returncode == 0, "site.yml (%s) failed, log %s:\n%s" % (name, LOGS / ("site-%s.log" % name),
-                                                                       proc.stdout[-6000:])
+    assert proc.returncode == 0, "%s (%s) failed, log %s:\n%s" % (path, log_name, LOGS / ("%s.log" % log_name),
+                                                                 proc.stdout[-6000:])
     return wall, recap, proc.stdout
+
+
+def site(name, *extra):
+    """Run playbooks/site.yml on the lab (log site-NAME.log); see lab_playbook."""
+    return lab_playbook("playbooks/site.yml", "site-%s" % name, *extra)
 
 
 def cluster_version():

@@ -14,9 +14,8 @@ import uuid
 
 import pytest
 
-from tests.cluster.lab import (BUSYBOX, CACHE, CONTROL, CURRENT_VERSION, GPU, IPS, KUBECONFIG, LAB, LOGS, NODES,
-                               PLAYBOOK_CPU, RECAP, VIP, ZONES, etcd_api, host_sysctls, kubectl, node_exec, playbook,
-                               record, run, site)
+from tests.cluster.lab import (BUSYBOX, CACHE, CONTROL, GPU, IPS, KUBECONFIG, LOGS, NODES, PLAYBOOK_CPU, VIP, ZONES,
+                               etcd_api, host_sysctls, kubectl, lab_playbook, node_exec, record, run, site)
 from tests.testbed.common import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -101,11 +100,7 @@ def _gpu1_meta():
 def _cluster_on_gpu1(name, *extra):
     """playbooks/cluster.yml limited to lab-gpu1 (its kubeadm_node role: join skipped, labels and taints
     reconciled through lab-cp1); returns lab-gpu1's (ok, changed, unreachable, failed)."""
-    if LAB["version"] != CURRENT_VERSION:
-        extra = ("-e", "gpuops_kubernetes_version=%s" % LAB["version"], *extra)
-    proc, _ = playbook("playbooks/cluster.yml", "cluster-%s" % name, "--limit", "lab-gpu1", *extra)
-    assert proc.returncode == 0, "cluster.yml (%s) failed, log %s" % (name, LOGS / ("cluster-%s.log" % name))
-    return {m[0]: tuple(int(x) for x in m[1:]) for m in RECAP.findall(proc.stdout)}["lab-gpu1"]
+    return lab_playbook("playbooks/cluster.yml", "cluster-%s" % name, "--limit", "lab-gpu1", *extra)[1]["lab-gpu1"]
 
 
 def test_labels_and_taints_are_reconciled_on_every_run(lab):
